@@ -1,0 +1,11 @@
+"""rawseq.kernels: the scan and convolution primitives, one folder per op.
+
+Every op has a ``naive`` backend (the executable specification), a ``torch`` backend (the fast CPU path) and a
+``triton`` backend (GPU kernels); ``backend="auto"`` picks Triton for CUDA tensors and torch otherwise.
+"""
+
+from rawseq.kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
+from rawseq.kernels.selective_scan import selective_scan, selective_scan_step
+from rawseq.kernels.ssd import ssd, ssd_step
+
+__all__ = ["causal_conv1d", "causal_conv1d_step", "selective_scan", "selective_scan_step", "ssd", "ssd_step"]
