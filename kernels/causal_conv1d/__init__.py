@@ -1,6 +1,6 @@
 """Depthwise causal 1-D convolution, ``causal_conv1d``, and its decoding step ``causal_conv1d_step``.
 
-``naive.py`` is the specification, ``torch.py`` the CPU path, ``triton.py`` the GPU kernels.
+``naive.py`` is the specification, ``chunked.py`` the CPU path (the "torch" backend), ``triton.py`` the GPU kernels.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def causal_conv1d(
     if backend == "naive":
         y, state = causal_conv1d_naive(*args)
     elif backend == "torch":
-        from rawseq.kernels.causal_conv1d.torch import causal_conv1d_torch
+        from rawseq.kernels.causal_conv1d.chunked import causal_conv1d_torch
 
         y, state = causal_conv1d_torch(*args)
     else:

@@ -1,7 +1,7 @@
 """Helpers shared by every op: input checks, backend choice, discretization pieces."""
 
 from rawseq.kernels.common.backend import BACKENDS, resolve_backend
-from rawseq.kernels.common.checks import check_tensor, check_same_device, float_dtype_of
+from rawseq.kernels.common.checks import check_same_device, check_tensor, float_dtype_of
 from rawseq.kernels.common.math import resets_from_seq_idx, softplus
 
 __all__ = [

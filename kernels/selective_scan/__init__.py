@@ -7,7 +7,8 @@ Recurrence, per channel ``c`` and state index ``s`` (``g = c // (channels // gro
     y_t  = sum_s C_t[g, s] * h_t[s] + D[c] * x_t
     out  = y * silu(z)                                    (if z is given)
 
-``naive.py`` is the specification, ``torch.py`` the fast CPU path, ``triton.py`` the GPU kernels.
+``naive.py`` is the specification, ``chunked.py`` the fast CPU path (the "torch" backend), ``triton.py`` the
+GPU kernels.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def selective_scan(
     if backend == "naive":
         y, state = selective_scan_naive(*args)
     elif backend == "torch":
-        from rawseq.kernels.selective_scan.torch import selective_scan_torch
+        from rawseq.kernels.selective_scan.chunked import selective_scan_torch
 
         y, state = selective_scan_torch(*args)
     else:

@@ -7,7 +7,8 @@ Per head ``h`` (group ``g = h // (heads // groups)``), with a scalar decay per h
     y_t  = S_t @ C_t[g] + D[h] * x_t
     out  = y * silu(z)                                               (if z is given)
 
-``naive.py`` is the specification, ``torch.py`` the chunked CPU algorithm, ``triton.py`` the GPU kernels.
+``naive.py`` is the specification, ``chunked.py`` the chunked CPU algorithm (the "torch" backend), ``triton.py``
+the GPU kernels.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def ssd(
     if backend == "naive":
         y, state = ssd_naive(*args)
     elif backend == "torch":
-        from rawseq.kernels.ssd.torch import ssd_torch
+        from rawseq.kernels.ssd.chunked import ssd_torch
 
         y, state = ssd_torch(*args)
     else:

@@ -45,7 +45,7 @@ def ssd_naive(
 
 
 def ssd_step_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
-    """One position; updates ``state`` (batch, heads, headdim, nstate) in place and returns y (batch, heads, headdim)."""
+    """One position; updates ``state`` (batch, heads, headdim, nstate) in place, returns y (batch, heads, headdim)."""
     f = state.dtype
     heads = x.shape[1]
     groups = B.shape[1]

@@ -1,0 +1,258 @@
+"""Fast CPU path of SSD: the chunked state-space-duality algorithm (Dao & Gu, 2024), vectorized over chunks.
+
+Inside a chunk of ``Q`` positions the scan is a masked matrix product: with ``cs`` the cumulative sum of
+``dt * A`` in the chunk, position ``i`` sees position ``j <= i`` through the decay ``exp(cs_i - cs_j)``, so
+
+    y_diag = ((C B^T) * decay) @ (dt * x)                      one (Q, Q) @ (Q, headdim) product per head
+
+Between chunks only the (headdim, nstate) state travels: each chunk adds its local state
+``sum_j exp(cs_last - cs_j) dt_j x_j B_j^T`` and decays the incoming one by ``exp(cs_last)``, a short sequential loop
+over chunks; the incoming state reaches position ``i`` of a chunk through ``exp(cs_i) C_i S^T``.
+
+The forward keeps only the inputs and the state entering each chunk. The backward is written by hand: it first runs
+the reverse recurrence of the state gradient across chunks, after which every chunk is independent, so blocks of
+chunks are recomputed and differentiated one at a time and peak memory is bounded by one block.
+
+Layout inside a block: heads are split into ``g`` groups of ``r`` and chunks are batch axes, e.g. x is
+(b, c, g, r, Q, p) and B, C are (b, c, g, Q, n), so every product is one batched matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rawseq.kernels.common import float_dtype_of, resets_from_seq_idx, softplus
+
+# Positions processed together; bounds the memory of the (Q, Q) matrices to about this many positions' worth.
+_BLOCK_POSITIONS = 8192
+
+
+def _pad_chunks(t, Q, c, value=0.0):
+    """(b, l, ...) -> (b, c, Q, ...), padding the end with ``value``."""
+    pad = c * Q - t.shape[1]
+    if pad:
+        t = F.pad(t, [0, 0] * (t.dim() - 2) + [0, pad], value=value)
+    return t.view(t.shape[0], c, Q, *t.shape[2:])
+
+
+class _Inputs:
+    """All per-position inputs of the op in the block layout, discretized once."""
+
+    def __init__(self, x, dt, A, B, C, dt_bias, dt_softplus, seq_idx, Q, f):
+        b, l, h, p = x.shape
+        g, n = B.shape[2], B.shape[3]
+        r = h // g
+        c = max(1, -(-l // Q))
+        self.shape = (b, l, h, p, g, n, r, c, Q)
+        raw = dt.to(f) if dt_bias is None else dt.to(f) + dt_bias.to(f)
+        self.raw = raw
+        delta = softplus(raw) if dt_softplus else raw
+        # Padded positions get delta = 0: no input and no decay, so they leave the final state alone.
+        self.delta = _pad_chunks(delta, Q, c).view(b, c, Q, g, r).permute(0, 1, 3, 4, 2)  # (b, c, g, r, Q)
+        self.x = _pad_chunks(x.to(f), Q, c).view(b, c, Q, g, r, p).permute(0, 1, 3, 4, 2, 5)  # (b, c, g, r, Q, p)
+        self.B = _pad_chunks(B.to(f), Q, c).transpose(2, 3)  # (b, c, g, Q, n)
+        self.C = _pad_chunks(C.to(f), Q, c).transpose(2, 3)
+        self.A = A.to(f).view(g, r, 1)
+        self.seg = self.before = None
+        if seq_idx is not None:
+            seg = resets_from_seq_idx(seq_idx).long().cumsum(1)
+            if c * Q > l:  # padding continues the last document
+                seg = torch.cat([seg, seg[:, -1:].expand(b, c * Q - l)], dim=1)
+            self.seg = seg.view(b, c, Q)
+            self.before = torch.cat([seg.new_zeros(b, 1), self.seg[:, :-1, -1]], dim=1)  # segment before each chunk
+
+
+def _masks(inp, k0, k1):
+    """Causal same-document mask (.., Q, Q) and the masks of the outgoing (j -> end) and incoming (start -> i) paths."""
+    Q = inp.shape[-1]
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=inp.x.device).tril()
+    if inp.seg is None:
+        return causal, None, None
+    seg = inp.seg[:, k0:k1]
+    same = (seg.unsqueeze(-1) == seg.unsqueeze(-2))[:, :, None, None]  # (b, c, 1, 1, Q, Q)
+    out_mask = (seg == seg[:, :, -1:])[:, :, None, None]  # (b, c, 1, 1, Q)
+    in_mask = (seg == inp.before[:, k0:k1].unsqueeze(-1))[:, :, None, None]
+    return causal & same, out_mask, in_mask
+
+
+def _block(inp, k0, k1):
+    """Forward pieces of chunks [k0, k1) that do not depend on the incoming state."""
+    delta, x, B, C = inp.delta[:, k0:k1], inp.x[:, k0:k1], inp.B[:, k0:k1], inp.C[:, k0:k1]
+    cs = torch.cumsum(delta * inp.A, dim=-1)  # (b, c, g, r, Q)
+    mask, out_mask, in_mask = _masks(inp, k0, k1)
+    decay = torch.exp((cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill(~mask, float("-inf")))  # (.., Q, Q)
+    scores = torch.matmul(C, B.transpose(-1, -2)).unsqueeze(3)  # (b, c, g, 1, Q, Q)
+    W = scores * decay
+    xd = x * delta.unsqueeze(-1)
+    to_end = torch.exp(cs[..., -1:] - cs)  # (b, c, g, r, Q)
+    into = torch.exp(cs)
+    if out_mask is not None:
+        to_end = to_end * out_mask
+        into = into * in_mask
+    local = torch.matmul((xd * to_end.unsqueeze(-1)).transpose(-1, -2), B.unsqueeze(3))  # (b, c, g, r, p, n)
+    return dict(cs=cs, decay=decay, scores=scores, W=W, xd=xd, to_end=to_end, into=into, local=local)
+
+
+def _unblock(y, inp):
+    """(b, c, g, r, Q, p) -> (b, l, h, p)."""
+    b, l, h, p, g, n, r, c, Q = inp.shape
+    return y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * Q, h, p)[:, :l]
+
+
+def _to_block(t, inp):
+    """(b, l, h, p) -> (b, c, g, r, Q, p)."""
+    b, l, h, p, g, n, r, c, Q = inp.shape
+    return _pad_chunks(t, Q, c).view(b, c, Q, g, r, p).permute(0, 1, 3, 4, 2, 5)
+
+
+def _chunk_states(inp, initial_state, blocks):
+    """Forward over all chunks: y without D/gate (b, l, h, p), the state entering each chunk, the final state."""
+    b, l, h, p, g, n, r, c, Q = inp.shape
+    S = inp.x.new_zeros(b, g, r, p, n)
+    if initial_state is not None:
+        S = initial_state.to(S.dtype).reshape(b, g, r, p, n)
+    S_in = inp.x.new_empty(b, c, g, r, p, n)
+    ys = []
+    for k0, k1 in blocks:
+        blk = _block(inp, k0, k1)
+        for k in range(k1 - k0):
+            S_in[:, k0 + k] = S
+            S = blk["into"][:, k, ..., -1, None, None] * S + blk["local"][:, k]
+        y = torch.matmul(blk["W"], blk["xd"])
+        y = y + blk["into"].unsqueeze(-1) * torch.matmul(inp.C[:, k0:k1].unsqueeze(3), S_in[:, k0:k1].transpose(-1, -2))
+        ys.append(y)
+    return _unblock(torch.cat(ys, dim=1), inp), S_in, S
+
+
+def _blocks(c, Q):
+    per = max(1, _BLOCK_POSITIONS // Q)
+    return [(k0, min(c, k0 + per)) for k0 in range(0, c, per)]
+
+
+class SSDFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, dt_softplus, Q):
+        f = float_dtype_of(x, dt, A, B, C, D, z, dt_bias, initial_state)
+        inp = _Inputs(x, dt, A, B, C, dt_bias, dt_softplus, seq_idx, Q, f)
+        b, l, h, p, g, n, r, c, Q = inp.shape
+        y, S_in, S = _chunk_states(inp, initial_state, _blocks(c, Q))
+        if D is not None:
+            y = y + x.to(f) * D.to(f)[:, None]
+        if z is not None:
+            y = y * F.silu(z.to(f))
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, S_in)
+        ctx.config = (dt_softplus, Q, f)
+        return y.to(x.dtype), S.reshape(b, h, p, n)
+
+    @staticmethod
+    def backward(ctx, gout, gstate):
+        x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, S_in = ctx.saved_tensors
+        dt_softplus, Q, f = ctx.config
+        inp = _Inputs(x, dt, A, B, C, dt_bias, dt_softplus, seq_idx, Q, f)
+        b, l, h, p, g, n, r, c, Q = inp.shape
+        gout = gout.to(f)
+        gy = gout if z is None else gout * F.silu(z.to(f))  # gradient of the ungated output
+        gY = _to_block(gy, inp)  # (b, c, g, r, Q, p)
+        blocks = _blocks(c, Q)
+
+        # 1. Gradient of the state leaving each chunk: dS_out[k-1] = (use of S_in[k] by chunk k's outputs)
+        #    + decay[k] * dS_out[k]. Only the cumulative decays are needed for it.
+        cs = torch.cumsum(inp.delta * inp.A, dim=-1)
+        into = torch.exp(cs)
+        if inp.seg is not None:
+            into = into * _masks(inp, 0, c)[2]
+        direct = torch.matmul((gY * into.unsqueeze(-1)).transpose(-1, -2), inp.C.unsqueeze(3))  # (b, c, g, r, p, n)
+        dS_out = torch.empty_like(S_in)
+        carry = x.new_zeros(b, g, r, p, n, dtype=f)
+        if gstate is not None:
+            carry = gstate.to(f).reshape(b, g, r, p, n)
+        for k in reversed(range(c)):
+            dS_out[:, k] = carry
+            carry = direct[:, k] + into[:, k, ..., -1, None, None] * carry
+        dinit = carry
+
+        # 2. Each block of chunks: recompute its forward and differentiate it by hand.
+        dX, dDelta, dBs, dCs, Ys = [], [], [], [], []
+        dA = torch.zeros(g, r, dtype=f, device=x.device)
+        for k0, k1 in blocks:
+            blk = _block(inp, k0, k1)
+            gYb, Sb, dSb = gY[:, k0:k1], S_in[:, k0:k1], dS_out[:, k0:k1]
+            Bb, Cb, xb, db = inp.B[:, k0:k1], inp.C[:, k0:k1], inp.x[:, k0:k1], inp.delta[:, k0:k1]
+            decay, W, xd = blk["decay"], blk["W"], blk["xd"]
+            to_end, into_b = blk["to_end"], blk["into"]
+            readout = torch.matmul(Cb.unsqueeze(3), Sb.transpose(-1, -2))  # C S^T, (b, c, g, r, Q, p)
+            if z is not None:
+                Ys.append(torch.matmul(W, xd) + into_b.unsqueeze(-1) * readout)
+            # y_diag = W @ xd with W = scores * decay
+            dW = torch.matmul(gYb, xd.transpose(-1, -2))
+            dxd = torch.matmul(W.transpose(-1, -2), gYb)
+            dscores = (dW * decay).sum(3)  # (b, c, g, Q, Q)
+            dE = dW * W  # gradient wrt the exponent cs_i - cs_j (zero where masked)
+            dcs = dE.sum(-1) - dE.sum(-2)
+            dC = torch.matmul(dscores, Bb)
+            dB = torch.matmul(dscores.transpose(-1, -2), Cb)
+            # y_off = into * (C S^T)
+            ginto = gYb * into_b.unsqueeze(-1)
+            dcs = dcs + (gYb * readout).sum(-1) * into_b
+            dC = dC + torch.matmul(ginto, Sb).sum(3)
+            # local = (xd * to_end)^T B;  S_out = into[-1] * S_in + local
+            dxe = torch.matmul(Bb.unsqueeze(3), dSb.transpose(-1, -2))  # (b, c, g, r, Q, p)
+            dB = dB + torch.matmul(xd * to_end.unsqueeze(-1), dSb).sum(3)
+            dxd = dxd + dxe * to_end.unsqueeze(-1)
+            dto_end = (dxe * xd).sum(-1) * to_end  # gradient wrt the exponent cs_last - cs_j
+            dcs = dcs - dto_end
+            dcs[..., -1] += dto_end.sum(-1) + (dSb * Sb).sum((-1, -2)) * into_b[..., -1]
+            # cs = cumsum(delta * A);  xd = x * delta
+            da = dcs.flip(-1).cumsum(-1).flip(-1)
+            dX.append(dxd * db.unsqueeze(-1))
+            dDelta.append((dxd * xb).sum(-1) + da * inp.A)
+            dBs.append(dB)
+            dCs.append(dC)
+            dA += (da * db).sum((0, 1, 4))  # (g, r)
+        dxs = _unblock(torch.cat(dX, dim=1), inp)
+        ddelta = torch.cat(dDelta, dim=1).permute(0, 1, 4, 2, 3).reshape(b, c * Q, h)[:, :l]
+        dBf = torch.cat(dBs, dim=1).transpose(2, 3).reshape(b, c * Q, g, n)[:, :l]
+        dCf = torch.cat(dCs, dim=1).transpose(2, 3).reshape(b, c * Q, g, n)[:, :l]
+        draw = ddelta * torch.sigmoid(inp.raw) if dt_softplus else ddelta
+        dD = dz = None
+        if D is not None:
+            dxs = dxs + gy * D.to(f)[:, None]
+            dD = (gy * x.to(f)).sum((0, 1, 3)).to(D.dtype)
+        if z is not None:
+            y_ungated = _unblock(torch.cat(Ys, dim=1), inp)
+            if D is not None:
+                y_ungated = y_ungated + x.to(f) * D.to(f)[:, None]
+            zf = z.to(f)
+            sig = torch.sigmoid(zf)
+            dz = (gout * y_ungated * sig * (1 + zf * (1 - sig))).to(z.dtype)
+        return (
+            dxs.to(x.dtype),
+            draw.to(dt.dtype),
+            dA.reshape(h).to(A.dtype),
+            dBf.to(B.dtype),
+            dCf.to(C.dtype),
+            dD,
+            dz,
+            None if dt_bias is None else draw.sum((0, 1)).to(dt_bias.dtype),
+            None if initial_state is None else dinit.reshape(b, h, p, n).to(initial_state.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def ssd_torch(
+    x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None, seq_idx=None, reverse=False,
+    chunk_size=256,
+):
+    """Same arguments as :func:`rawseq.kernels.ssd`; returns ``(y, final_state)``."""
+    if reverse:
+        flip = lambda t: None if t is None else t.flip(1)
+        y, S = ssd_torch(
+            flip(x), flip(dt), A, flip(B), flip(C), D, flip(z), dt_bias, dt_softplus, initial_state, flip(seq_idx),
+            False, chunk_size,
+        )
+        return y.flip(1), S
+    Q = min(chunk_size, max(1, x.shape[1]))
+    return SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, dt_softplus, Q)
