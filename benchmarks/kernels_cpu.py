@@ -21,7 +21,7 @@ import torch
 from rawseq.kernels import selective_scan, ssd
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, median_time, peak_rss_gb, table  # noqa: E402
+from _common import machine, median_time, table  # noqa: E402
 
 
 def mamba1_inputs(b, l, d, n, requires_grad=True, dtype=torch.float32):
@@ -126,11 +126,14 @@ def timing_rows(name, shape, candidates, make_inputs, small_inputs, reference, r
 
 
 def memory_probe(l, d, n):
-    """Peak RSS of a forward + backward at length ``l`` in a fresh process (GB), and its time per element (ns)."""
+    """Forward + backward at length ``l`` in a fresh process: peak RSS above the RSS once the inputs exist (GB),
+    total peak RSS (GB), and time per (position x channel x state) in ns."""
     code = (
         "import sys, time, torch; sys.path.insert(0, 'benchmarks'); "
-        "from kernels_cpu import mamba1_inputs, rawseq_mamba1, fwd_bwd; from _common import peak_rss_gb; "
-        f"ins = mamba1_inputs(1, {l}, {d}, {n}); base = peak_rss_gb(); step = fwd_bwd(rawseq_mamba1('torch'), ins); "
+        "from kernels_cpu import mamba1_inputs, rawseq_mamba1, fwd_bwd; "
+        "from _common import current_rss_gb, peak_rss_gb; "
+        f"ins = mamba1_inputs(1, {l}, {d}, {n}); base = current_rss_gb(); "
+        "step = fwd_bwd(rawseq_mamba1('torch'), ins); "
         "step(); t0 = time.perf_counter(); step(); t = time.perf_counter() - t0; "
         f"print(peak_rss_gb() - base, peak_rss_gb(), t / ({l} * {d} * {n}) * 1e9)"
     )

@@ -17,7 +17,8 @@ def _nan_filled(fn):
     def wrapper(*args, **kwargs):
         out = fn(*args, **kwargs)
         if out.is_floating_point() or out.is_complex():
-            out.fill_(float("nan"))
+            with torch.no_grad():
+                out.fill_(float("nan"))
         return out
 
     return wrapper

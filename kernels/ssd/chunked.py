@@ -76,14 +76,15 @@ def _masks(inp, k0, k1):
     return causal & same, out_mask, in_mask
 
 
-def _block(inp, k0, k1):
-    """Forward pieces of chunks [k0, k1) that do not depend on the incoming state."""
+def _block(inp, k0, k1, keep_decay=False):
+    """Forward pieces of chunks [k0, k1) that do not depend on the incoming state (the decay matrix only on
+    request: the forward needs just its product with the scores)."""
     delta, x, B, C = inp.delta[:, k0:k1], inp.x[:, k0:k1], inp.B[:, k0:k1], inp.C[:, k0:k1]
     cs = torch.cumsum(delta * inp.A, dim=-1)  # (b, c, g, r, Q)
     mask, out_mask, in_mask = _masks(inp, k0, k1)
-    decay = torch.exp((cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill(~mask, float("-inf")))  # (.., Q, Q)
+    decay = (cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill_(mask.logical_not(), float("-inf")).exp_()
     scores = torch.matmul(C, B.transpose(-1, -2)).unsqueeze(3)  # (b, c, g, 1, Q, Q)
-    W = scores * decay
+    W = scores * decay if keep_decay else decay.mul_(scores)
     xd = x * delta.unsqueeze(-1)
     to_end = torch.exp(cs[..., -1:] - cs)  # (b, c, g, r, Q)
     into = torch.exp(cs)
@@ -91,7 +92,7 @@ def _block(inp, k0, k1):
         to_end = to_end * out_mask
         into = into * in_mask
     local = torch.matmul((xd * to_end.unsqueeze(-1)).transpose(-1, -2), B.unsqueeze(3))  # (b, c, g, r, p, n)
-    return dict(cs=cs, decay=decay, scores=scores, W=W, xd=xd, to_end=to_end, into=into, local=local)
+    return dict(cs=cs, decay=decay if keep_decay else None, W=W, xd=xd, to_end=to_end, into=into, local=local)
 
 
 def _unblock(y, inp):
@@ -176,7 +177,7 @@ class SSDFunction(torch.autograd.Function):
         dX, dDelta, dBs, dCs, Ys = [], [], [], [], []
         dA = torch.zeros(g, r, dtype=f, device=x.device)
         for k0, k1 in blocks:
-            blk = _block(inp, k0, k1)
+            blk = _block(inp, k0, k1, keep_decay=True)
             gYb, Sb, dSb = gY[:, k0:k1], S_in[:, k0:k1], dS_out[:, k0:k1]
             Bb, Cb, xb, db = inp.B[:, k0:k1], inp.C[:, k0:k1], inp.x[:, k0:k1], inp.delta[:, k0:k1]
             decay, W, xd = blk["decay"], blk["W"], blk["xd"]
