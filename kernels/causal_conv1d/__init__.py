@@ -59,7 +59,7 @@ def causal_conv1d(
     check_tensor("seq_idx", seq_idx, (batch, length), "batch, length", dtypes=INT_DTYPES, optional=True)
     _check_activation(activation)
     device = check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state, seq_idx=seq_idx)
-    backend = resolve_backend(backend, device, op="causal_conv1d", available=_BACKENDS)
+    backend = resolve_backend(backend, device, op="causal_conv1d", available=_BACKENDS, dtype=x.dtype)
     args = (x, weight, bias, activation, initial_state, seq_idx)
     if backend == "naive":
         y, state = causal_conv1d_naive(*args)
@@ -99,7 +99,7 @@ def causal_conv1d_step(
     check_tensor("bias", bias, (channels,), "channels", optional=True)
     _check_activation(activation)
     device = check_same_device(state=state, x=x, weight=weight, bias=bias)
-    backend = resolve_backend(backend, device, op="causal_conv1d_step", available=_BACKENDS)
+    backend = resolve_backend(backend, device, op="causal_conv1d_step", available=_BACKENDS, dtype=x.dtype)
     if backend == "triton":
         from rawseq.kernels.causal_conv1d.triton import causal_conv1d_step_triton
 

@@ -21,15 +21,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device, *, op: str, available: tuple[str, ...]) -> str:
+def resolve_backend(
+    backend: str, device: torch.device, *, op: str, available: tuple[str, ...], dtype: torch.dtype | None = None
+) -> str:
     """Turn ``backend`` into a concrete backend for tensors on ``device``.
 
-    ``auto`` picks Triton for CUDA tensors when the op has a Triton kernel, and the chunked torch path otherwise.
+    ``auto`` picks Triton for CUDA tensors when the op has a Triton kernel (the kernels compute in fp32 for
+    fp16/bf16/fp32 inputs; float64 goes to the torch path), and the chunked torch path otherwise.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     if backend == "auto":
-        if device.type == "cuda" and "triton" in available and triton_available():
+        if device.type == "cuda" and dtype != torch.float64 and "triton" in available and triton_available():
             return "triton"
         return "torch"
     if backend not in available:

@@ -82,7 +82,7 @@ def selective_scan(
         (batch, channels, nstate) in float32 (float64 for float64 inputs).
     """
     device = _check(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx)
-    backend = resolve_backend(backend, device, op="selective_scan", available=_BACKENDS)
+    backend = resolve_backend(backend, device, op="selective_scan", available=_BACKENDS, dtype=x.dtype)
     args = (x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, reverse)
     if backend == "naive":
         y, state = selective_scan_naive(*args)
@@ -135,7 +135,7 @@ def selective_scan_step(
     check_tensor("z", z, (batch, channels), "batch, channels", optional=True)
     check_tensor("dt_bias", dt_bias, (channels,), "channels", optional=True)
     device = check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    backend = resolve_backend(backend, device, op="selective_scan_step", available=_BACKENDS)
+    backend = resolve_backend(backend, device, op="selective_scan_step", available=_BACKENDS, dtype=x.dtype)
     args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if backend == "triton":
         from rawseq.kernels.selective_scan.triton import selective_scan_step_triton

@@ -86,7 +86,7 @@ def ssd(
         (batch, heads, headdim, nstate) in float32 (float64 for float64 inputs).
     """
     device = _check(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, chunk_size)
-    backend = resolve_backend(backend, device, op="ssd", available=_BACKENDS)
+    backend = resolve_backend(backend, device, op="ssd", available=_BACKENDS, dtype=x.dtype)
     args = (x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, reverse, chunk_size)
     if backend == "naive":
         y, state = ssd_naive(*args)
@@ -137,7 +137,7 @@ def ssd_step(
     check_tensor("z", z, (batch, heads, headdim), "batch, heads, headdim", optional=True)
     check_tensor("dt_bias", dt_bias, (heads,), "heads", optional=True)
     device = check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    backend = resolve_backend(backend, device, op="ssd_step", available=_BACKENDS)
+    backend = resolve_backend(backend, device, op="ssd_step", available=_BACKENDS, dtype=x.dtype)
     args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if backend == "triton":
         from rawseq.kernels.ssd.triton import ssd_step_triton
