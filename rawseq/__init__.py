@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from rawseq.models import ByteLM, ByteLMConfig  # noqa: E402
+
+__all__ = ["ByteLM", "ByteLMConfig", "__version__"]

@@ -41,6 +41,7 @@ def causal_conv1d_torch(x, weight, bias=None, activation=None, initial_state=Non
         tail = u[:, :, u.shape[-1] - (width - 1):]
         tail_seg = seg[:, seg.shape[1] - (width - 1):]
         final = tail * (tail_seg == seg[:, -1:]).to(f)[:, None, :]
+    y = y.transpose(1, 2).contiguous()  # (b, d, l) -> (b, l, d); silu's backward is slow on mismatched layouts
     if activation == "silu":
         y = F.silu(y)
-    return y.transpose(1, 2).to(x.dtype), final.to(x.dtype)
+    return y.to(x.dtype), final.to(x.dtype)

@@ -1,0 +1,80 @@
+"""A stack of residual blocks built from a layer pattern: pure Mamba, pure Mamba-2, or SSM/attention hybrids."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rawseq.layers import Attention, Bidirectional, Block, GatedMLP, Mamba, Mamba2
+from rawseq.models.config import ByteLMConfig
+
+
+def _make_mixer(kind: str, cfg: ByteLMConfig, *, reverse: bool = False, device=None, dtype=None) -> nn.Module:
+    kw = {"device": device, "dtype": dtype}
+    ssm_kw = {
+        "d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, "dt_min": cfg.dt_min,
+        "dt_max": cfg.dt_max, "dt_init_floor": cfg.dt_init_floor, "conv_bias": cfg.conv_bias,
+        "bias": cfg.proj_bias, "reverse": reverse, "backend": cfg.backend,
+    }
+    if kind == "mamba":
+        return Mamba(cfg.d_model, dt_rank=cfg.dt_rank, **ssm_kw, **kw)
+    if kind == "mamba2":
+        return Mamba2(cfg.d_model, headdim=cfg.headdim, n_groups=cfg.n_groups, chunk_size=cfg.chunk_size,
+                      dt_limit=cfg.dt_limit, norm_eps=cfg.norm_eps, **ssm_kw, **kw)
+    if kind == "attention":
+        return Attention(cfg.d_model, n_heads=cfg.attn_heads, n_kv_heads=cfg.attn_kv_heads, window=cfg.attn_window,
+                         rope_base=cfg.rope_base, causal=not cfg.bidirectional, **kw)
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+class Backbone(nn.Module):
+    """Residual blocks in the order of ``cfg.layer_kinds()``.
+
+    With ``cfg.bidirectional`` every SSM layer is the sum of a forward and a reverse scan (separate weights) and
+    attention is non-causal within each document: an encoder, which cannot decode step by step.
+    """
+
+    def __init__(self, cfg: ByteLMConfig, *, device=None, dtype=None):
+        super().__init__()
+        self.kinds = cfg.layer_kinds()
+        self.bidirectional = cfg.bidirectional
+        blocks = []
+        for kind in self.kinds:
+            mixer = _make_mixer(kind, cfg, device=device, dtype=dtype)
+            if cfg.bidirectional and kind != "attention":
+                mixer = Bidirectional(mixer, _make_mixer(kind, cfg, reverse=True, device=device, dtype=dtype))
+            mlp = GatedMLP(cfg.d_model, d_hidden=cfg.d_mlp, device=device, dtype=dtype) if cfg.d_mlp else None
+            blocks.append(Block(cfg.d_model, mixer, mlp=mlp, norm_eps=cfg.norm_eps,
+                                residual_in_fp32=cfg.residual_in_fp32, device=device, dtype=dtype))
+        self.layers = nn.ModuleList(blocks)
+
+    def allocate_inference_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> list[dict]:
+        """Zero decoding state of every layer for ``batch`` streams."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional backbone cannot decode step by step")
+        return [layer.allocate_inference_state(batch, dtype, device) for layer in self.layers]
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        seq_idx: torch.Tensor | None = None,
+        initial_states: list[dict] | None = None,
+        return_states: bool = False,
+    ):
+        """hidden (b, l, d_model) -> (b, l, d_model), and with ``return_states`` the list of per-layer states."""
+        states = []
+        for i, layer in enumerate(self.layers):
+            init = None if initial_states is None else initial_states[i]
+            out = layer(hidden, seq_idx=seq_idx, initial_state=init, return_state=return_states)
+            if return_states:
+                hidden, state = out
+                states.append(state)
+            else:
+                hidden = out
+        return (hidden, states) if return_states else hidden
+
+    def step(self, hidden: torch.Tensor, states: list[dict]) -> torch.Tensor:
+        """hidden (b, d_model) -> (b, d_model); each layer's state is updated in place."""
+        for layer, state in zip(self.layers, states, strict=True):
+            hidden = layer.step(hidden, state)
+        return hidden

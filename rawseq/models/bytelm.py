@@ -1,0 +1,219 @@
+"""``ByteLM``: a byte-level language model over a selective-SSM (or hybrid) backbone.
+
+    ids (b, l) -> embed -> Backbone -> RMSNorm -> logits (b, l, vocab), the output matrix tied to the embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rawseq.layers import RMSNorm, concat_states
+from rawseq.models.backbone import Backbone
+from rawseq.models.config import ByteLMConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+IGNORE_INDEX = -100
+
+
+class ByteLMOutput(NamedTuple):
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    bits_per_byte: torch.Tensor | None = None
+    states: list[dict] | None = None
+
+
+class ByteLM(nn.Module):
+    """Byte language model; see :class:`rawseq.ByteLMConfig` for the architecture choices."""
+
+    def __init__(self, config: ByteLMConfig, *, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        vocab = config.total_vocab
+        kw = {"device": device, "dtype": dtype}
+        self.embed = nn.Embedding(vocab, config.d_model, **kw)
+        self.backbone = Backbone(config, **kw)
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, vocab, bias=False, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self):
+        std = self.config.initializer_range
+        nn.init.normal_(self.embed.weight, std=std)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=std)
+        # GPT-2 / mamba_ssm: scale the projections that write into the residual stream by 1/sqrt(#residual adds).
+        residuals = len(self.backbone.layers) * (2 if self.config.d_mlp else 1)
+        for name, p in self.backbone.named_parameters():
+            if name.endswith("out_proj.weight") or name.endswith("mlp.w_out.weight"):
+                p /= math.sqrt(residuals)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed.num_embeddings
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm_f(hidden.to(self.norm_f.weight.dtype))
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+        initial_states: list[dict] | None = None,
+        return_states: bool = False,
+    ) -> ByteLMOutput:
+        """Logits for every position, and the loss when ``targets`` are given.
+
+        Args:
+            input_ids: (b, l) symbol ids.
+            targets: (b, l) the id that follows each input (already shifted); ``-100`` and ``pad_id`` are ignored.
+            seq_idx: (b, l) document ids of packed rows; no layer lets one document see another.
+            initial_states: per-layer states to continue from (from ``return_states``, :meth:`prefill` or
+                :meth:`allocate_inference_state`), for example detached states carried across training windows.
+            return_states: also return the per-layer states after the last position.
+
+        Returns:
+            ByteLMOutput(logits (b, l, vocab), loss in nats, bits_per_byte = loss / ln 2, states).
+        """
+        hidden = self.embed(input_ids)  # (b, l) -> (b, l, d_model)
+        states = None
+        out = self.backbone(hidden, seq_idx=seq_idx, initial_states=initial_states, return_states=return_states)
+        if return_states:
+            hidden, states = out
+        else:
+            hidden = out
+        logits = self._logits(hidden)
+        loss = bpb = None
+        if targets is not None:
+            if self.config.pad_id is not None:
+                targets = targets.masked_fill(targets == self.config.pad_id, IGNORE_INDEX)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            bpb = loss / math.log(2)
+        return ByteLMOutput(logits, loss, bpb, states)
+
+    def allocate_inference_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> list[dict]:
+        """Empty per-layer decoding states for ``batch`` streams."""
+        return self.backbone.allocate_inference_state(batch, dtype, device)
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                states: list[dict] | None = None) -> tuple[torch.Tensor, list[dict]]:
+        """Run the parallel scan over prompts of equal length (without autograd: this is for decoding).
+
+        Args:
+            input_ids: (b, l) prompt ids.
+            seq_idx: (b, l) document ids, or None.
+            states: states to continue from, or None to start fresh.
+
+        Returns:
+            logits of the last position (b, vocab), and the per-layer states to pass to :meth:`step`.
+        """
+        hidden, states = self.backbone(self.embed(input_ids), seq_idx=seq_idx, initial_states=states,
+                                       return_states=True)
+        return self._logits(hidden[:, -1]), states
+
+    @torch.no_grad()
+    def prefill_ragged(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[dict]]:
+        """Prefill prompts of different lengths without padding: prompts of one length share a batch.
+
+        Returns the last logits (len(prompts), vocab) and states, rows in the order of ``prompts``.
+        """
+        device = self.embed.weight.device
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty; give at least one symbol (for example bos_id)")
+            groups.setdefault(len(p), []).append(i)
+        order, logits, states = [], [], []
+        for rows in groups.values():
+            ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
+            group_logits, group_states = self.prefill(ids)
+            order += rows
+            logits.append(group_logits)
+            states.append(group_states)
+        inverse = torch.empty(len(order), dtype=torch.long, device=device)
+        inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
+        merged = [concat_states([s[i] for s in states]) for i in range(len(states[0]))]
+        merged = [{k: v.index_select(0, inverse) for k, v in layer.items()} for layer in merged]
+        return torch.cat(logits).index_select(0, inverse), merged
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, states: list[dict]) -> torch.Tensor:
+        """Advance every stream by one symbol: input_ids (b,) -> logits (b, vocab); ``states`` change in place."""
+        return self._logits(self.backbone.step(self.embed(input_ids), states))
+
+    def generate(self, prompts, max_new_bytes: int = 256, **kwargs):
+        """Sample continuations; see :func:`rawseq.generation.generate` for the arguments."""
+        from rawseq.generation import generate
+
+        return generate(self, prompts, max_new_bytes=max_new_bytes, **kwargs)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if missing)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_NAME)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "rawseq": "ByteLM"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device=None, dtype=None) -> ByteLM:
+        """Load a model written by :meth:`save_pretrained`. Only JSON and safetensors are read (nothing unpickled).
+
+        Raises:
+            FileNotFoundError: a file is missing. ValueError: the config is invalid, or a tensor is missing,
+            unexpected or of the wrong shape (the message names it).
+        """
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            config = ByteLMConfig.load(directory / CONFIG_NAME)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON: {e}") from e
+        model = cls(config, device=device, dtype=dtype)
+        tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device) if device is not None else "cpu")
+        load_state_dict_strict(model, tensors, source=str(directory / WEIGHTS_NAME))
+        return model
+
+
+def load_state_dict_strict(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """Copy ``tensors`` into ``model``, raising ValueError naming every missing, unexpected or misshapen tensor."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"missing parameters: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected parameters: {', '.join(unexpected)}")
+    for name in sorted(set(expected) & set(tensors)):
+        if tuple(tensors[name].shape) != tuple(expected[name].shape):
+            problems.append(
+                f"parameter {name} has shape {tuple(tensors[name].shape)} in {source}, "
+                f"but the config gives {tuple(expected[name].shape)}"
+            )
+    if problems:
+        raise ValueError(f"cannot load {source}: " + "; ".join(problems))
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(tensors[name].to(param.dtype))
