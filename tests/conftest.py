@@ -1,4 +1,4 @@
-"""Test-wide fixtures.
+"""Test-wide setup.
 
 Every float tensor made by ``torch.empty``/``empty_like``/``new_empty`` during a test is filled with NaN, so an
 output that a kernel forgot to write cannot pass a comparison by luck.
@@ -7,6 +7,11 @@ output that a kernel forgot to write cannot pass a comparison by luck.
 from __future__ import annotations
 
 import functools
+import os
+
+# Triton kernels run on CPU tensors through the interpreter in this suite. It must be chosen before any module that
+# defines @triton.jit kernels is imported, so it is set here, when the first test file has not been imported yet.
+os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
