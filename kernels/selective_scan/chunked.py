@@ -5,8 +5,8 @@ one ``autograd.Function``. The forward keeps only the state at each chunk bounda
 chunk's states from its boundary state and runs the adjoint recurrence in reverse. The expanded
 (length, channels, nstate) tensors only ever exist for one chunk at a time, so memory stays bounded at any length.
 
-Inside a chunk, tensors are laid out time-major, ``(T, batch, groups, channels_per_group, nstate)``, so that each
-step of the loop touches one contiguous slab.
+Tensors are laid out time-major, ``(length, batch, groups, channels_per_group[, nstate])``, made contiguous once per
+call, so that every chunk is a contiguous slice and each step of the loop touches one contiguous slab.
 """
 
 from __future__ import annotations
@@ -19,28 +19,32 @@ from rawseq.kernels.common import float_dtype_of, resets_from_seq_idx, softplus
 CHUNK = 64
 
 
+def _time_major(t, f, *shape):
+    """(b, l, ...) -> contiguous (l, b, *shape) in dtype f."""
+    return t.to(f).transpose(0, 1).reshape(t.shape[1], t.shape[0], *shape).contiguous()
+
+
 def _prepare(x, dt, A, B, C, dt_bias, dt_softplus, f):
-    """Cast to the compute dtype and split channels into groups: x, delta (b, l, g, p); A (g, p, n)."""
-    batch, length, channels = x.shape
+    """Cast, split channels into groups and go time-major: x, delta, raw dt (l, b, g, p); B, C (l, b, g, n);
+    A (g, p, n)."""
     groups = B.shape[2]
-    p = channels // groups
-    raw = dt.to(f) if dt_bias is None else dt.to(f) + dt_bias.to(f)
+    p = x.shape[2] // groups
+    raw = _time_major(dt, f, groups, p)
+    if dt_bias is not None:
+        raw = raw + dt_bias.to(f).view(groups, p)
     delta = softplus(raw) if dt_softplus else raw
-    return (
-        x.to(f).view(batch, length, groups, p),
-        delta.view(batch, length, groups, p),
-        raw.view(batch, length, groups, p),
-        A.to(f).view(groups, p, -1),
-    )
+    n = B.shape[3]
+    return (_time_major(x, f, groups, p), delta, raw, _time_major(B, f, groups, n), _time_major(C, f, groups, n),
+            A.to(f).view(groups, p, n))
 
 
-def _chunk_inputs(xg, delta, Ag, B, keep, s, e, f):
-    """Discretize positions [s, e): decay (T, b, g, p, n) and input (T, b, g, p, n), time-major."""
-    d = delta[:, s:e].transpose(0, 1)  # (b, T, g, p) -> (T, b, g, p)
+def _chunk_inputs(xt, delta, Ag, Bt, keep, s, e):
+    """Discretize positions [s, e): decay and input, both (T, b, g, p, n)."""
+    d = delta[s:e]
     decay = torch.exp(d.unsqueeze(-1) * Ag)
     if keep is not None:
-        decay = decay * keep[:, s:e].transpose(0, 1)[:, :, None, None, None]
-    drive = (d * xg[:, s:e].transpose(0, 1)).unsqueeze(-1) * B[:, s:e].transpose(0, 1).to(f).unsqueeze(-2)
+        decay.mul_(keep[s:e, :, None, None, None])
+    drive = (d * xt[s:e]).unsqueeze(-1) * Bt[s:e].unsqueeze(-2)
     return decay, drive
 
 
@@ -51,10 +55,9 @@ def _scan_chunk(decay, drive, h):
     return h
 
 
-def _readout(states, C, s, e, f):
-    """states (T, b, g, p, n), C (b, l, g, n) -> (b, T, g, p)."""
-    Ct = C[:, s:e].transpose(0, 1).to(f)  # (T, b, g, n)
-    return torch.matmul(states, Ct.unsqueeze(-1)).squeeze(-1).transpose(0, 1)
+def _readout(states, Ct):
+    """states (T, b, g, p, n), C (T, b, g, n) -> (T, b, g, p)."""
+    return torch.matmul(states, Ct.unsqueeze(-1)).squeeze(-1)
 
 
 class SelectiveScanFunction(torch.autograd.Function):
@@ -64,20 +67,21 @@ class SelectiveScanFunction(torch.autograd.Function):
         batch, length, channels = x.shape
         groups, n = B.shape[2], B.shape[3]
         p = channels // groups
-        xg, delta, _, Ag = _prepare(x, dt, A, B, C, dt_bias, dt_softplus, f)
+        xt, delta, _, Bt, Ct, Ag = _prepare(x, dt, A, B, C, dt_bias, dt_softplus, f)
+        keep_t = None if keep is None else keep.t().contiguous()  # (l, b)
         h = x.new_zeros(batch, groups, p, n, dtype=f)
         if initial_state is not None:
             h = initial_state.to(f).reshape(batch, groups, p, n).clone()
-        y = torch.empty(batch, length, groups, p, dtype=f, device=x.device)
+        y = torch.empty(length, batch, groups, p, dtype=f, device=x.device)
         nchunks = (length + CHUNK - 1) // CHUNK
         boundaries = x.new_empty(nchunks, batch, groups, p, n, dtype=f)
         for k, s in enumerate(range(0, length, CHUNK)):
             e = min(s + CHUNK, length)
             boundaries[k] = h
-            decay, drive = _chunk_inputs(xg, delta, Ag, B, keep, s, e, f)
+            decay, drive = _chunk_inputs(xt, delta, Ag, Bt, keep_t, s, e)
             h = _scan_chunk(decay, drive, h).clone()
-            y[:, s:e] = _readout(drive, C, s, e, f)
-        y = y.view(batch, length, channels)
+            y[s:e] = _readout(drive, Ct[s:e])
+        y = y.transpose(0, 1).reshape(batch, length, channels)
         if D is not None:
             y = y + x.to(f) * D.to(f)
         if z is not None:
@@ -94,14 +98,15 @@ class SelectiveScanFunction(torch.autograd.Function):
         batch, length, channels = x.shape
         groups, n = B.shape[2], B.shape[3]
         p = channels // groups
-        xg, delta, raw, Ag = _prepare(x, dt, A, B, C, dt_bias, ctx.dt_softplus, f)
+        xt, delta, raw, Bt, Ct, Ag = _prepare(x, dt, A, B, C, dt_bias, ctx.dt_softplus, f)
+        keep_t = None if keep is None else keep.t().contiguous()
         gout = gout.to(f)
         gy = gout if z is None else gout * F.silu(z.to(f))  # gradient wrt y before gating, (b, l, d)
-        gyg = gy.view(batch, length, groups, p)
+        gyt = _time_major(gy, f, groups, p)
 
-        dx = torch.empty(batch, length, groups, p, dtype=f, device=x.device)
+        dx = torch.empty(length, batch, groups, p, dtype=f, device=x.device)
         ddelta = torch.empty_like(dx)
-        dB = torch.empty(batch, length, groups, n, dtype=f, device=x.device)
+        dB = torch.empty(length, batch, groups, n, dtype=f, device=x.device)
         dC = torch.empty_like(dB)
         dA = torch.zeros(groups, p, n, dtype=f, device=x.device)
         ypre = torch.empty_like(dx) if z is not None else None
@@ -113,42 +118,44 @@ class SelectiveScanFunction(torch.autograd.Function):
         for k in reversed(range(len(starts))):
             s = starts[k]
             e = min(s + CHUNK, length)
-            decay, drive = _chunk_inputs(xg, delta, Ag, B, keep, s, e, f)
-            h0 = boundaries[k]
-            _scan_chunk(decay, drive, h0)
-            states = drive  # (T, b, g, p, n): h_t for t in [s, e)
+            decay, drive = _chunk_inputs(xt, delta, Ag, Bt, keep_t, s, e)
+            states = torch.empty_like(drive)  # (T, b, g, p, n): h_t for t in [s, e)
+            h = boundaries[k]
+            for t in range(e - s):
+                h = torch.addcmul(drive[t], decay[t], h, out=states[t])
+            Cc, gyc = Ct[s:e], gyt[s:e]
             if ypre is not None:
-                ypre[:, s:e] = _readout(states, C, s, e, f)
-            Ct = C[:, s:e].transpose(0, 1).to(f)
-            gyt = gyg[:, s:e].transpose(0, 1)  # (T, b, g, p)
-            adj = gyt.unsqueeze(-1) * Ct.unsqueeze(-2)  # dL/dh_t from the readout
+                ypre[s:e] = _readout(states, Cc)
+            adj = gyc.unsqueeze(-1) * Cc.unsqueeze(-2)  # dL/dh_t from the readout
             adj[-1] += carry
             for t in range(e - s - 1, 0, -1):
                 adj[t - 1].addcmul_(decay[t], adj[t])
             carry = decay[0] * adj[0]
-            prev = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)  # h_{t-1}
-            # decay = exp(delta * A) * keep: its derivative wrt (delta * A) is the decay itself.
-            q = adj * prev * decay
-            Bt = B[:, s:e].transpose(0, 1).to(f)
-            dt_ = delta[:, s:e].transpose(0, 1)
-            xt = xg[:, s:e].transpose(0, 1)
-            adjB = torch.matmul(adj, Bt.unsqueeze(-1)).squeeze(-1)  # sum_n adj * B, (T, b, g, p)
-            dA += torch.einsum("tbgpn,tbgp->gpn", q, dt_)
-            ddelta[:, s:e] = ((q * Ag).sum(-1) + xt * adjB).transpose(0, 1)
-            dx[:, s:e] = (dt_ * adjB).transpose(0, 1)
-            dB[:, s:e] = torch.matmul((dt_ * xt).unsqueeze(-2), adj).squeeze(-2).transpose(0, 1)
-            dC[:, s:e] = torch.matmul(gyt.unsqueeze(-2), states).squeeze(-2).transpose(0, 1)
+            # d/d(delta * A) of decay_t * h_{t-1} is decay_t * h_{t-1} = h_t - drive_t (decay includes keep).
+            q = torch.sub(states, drive, out=drive).mul_(adj)
+            Bc, dc, xc = Bt[s:e], delta[s:e], xt[s:e]
+            adjB = torch.matmul(adj, Bc.unsqueeze(-1)).squeeze(-1)  # sum_n adj * B, (T, b, g, p)
+            dA += (q * dc.unsqueeze(-1)).sum((0, 1))
+            ddelta[s:e] = (q * Ag).sum(-1) + xc * adjB
+            dx[s:e] = dc * adjB
+            dB[s:e] = torch.matmul((dc * xc).unsqueeze(-2), adj).squeeze(-2)
+            dC[s:e] = torch.matmul(gyc.unsqueeze(-2), states).squeeze(-2)
 
-        dx = dx.view(batch, length, channels)
-        draw = ddelta.view(batch, length, channels)
+        def batch_major(t):  # (l, b, g, k) -> (b, l, g * k)
+            return t.transpose(0, 1).reshape(batch, length, -1)
+
+        dx = batch_major(dx)
+        draw = batch_major(ddelta)
         if ctx.dt_softplus:
-            draw = draw * torch.sigmoid(raw.view(batch, length, channels))
+            draw = draw * torch.sigmoid(batch_major(raw))
+        dB = dB.transpose(0, 1)
+        dC = dC.transpose(0, 1)
         dD = dz = None
         if D is not None:
             dx = dx + gy * D.to(f)
             dD = (gy * x.to(f)).sum((0, 1)).to(D.dtype)
         if z is not None:
-            y_ungated = ypre.view(batch, length, channels)
+            y_ungated = batch_major(ypre)
             if D is not None:
                 y_ungated = y_ungated + x.to(f) * D.to(f)
             zf = z.to(f)

@@ -64,16 +64,28 @@ class _Inputs:
 
 
 def _masks(inp, k0, k1):
-    """Causal same-document mask (.., Q, Q) and the masks of the outgoing (j -> end) and incoming (start -> i) paths."""
-    Q = inp.shape[-1]
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=inp.x.device).tril()
+    """Where two positions of a chunk are in different documents (.., Q, Q), and the masks of the outgoing
+    (j -> end) and incoming (start -> i) paths; all None without ``seq_idx``."""
     if inp.seg is None:
-        return causal, None, None
+        return None, None, None
     seg = inp.seg[:, k0:k1]
-    same = (seg.unsqueeze(-1) == seg.unsqueeze(-2))[:, :, None, None]  # (b, c, 1, 1, Q, Q)
+    other = (seg.unsqueeze(-1) != seg.unsqueeze(-2))[:, :, None, None]  # (b, c, 1, 1, Q, Q)
     out_mask = (seg == seg[:, :, -1:])[:, :, None, None]  # (b, c, 1, 1, Q)
     in_mask = (seg == inp.before[:, k0:k1].unsqueeze(-1))[:, :, None, None]
-    return causal & same, out_mask, in_mask
+    return other, out_mask, in_mask
+
+
+def _decay_matrix(cs, other):
+    """exp(cs_i - cs_j) for j <= i in the same document, else 0; cs (.., Q) -> (.., Q, Q).
+
+    The exponent is floored where exp is far below the dtype's normal range (vectorized exp is slow on denormals
+    and on -inf), and the upper triangle is zeroed after the exp rather than masked with -inf before it.
+    """
+    floor = -80.0 if cs.dtype != torch.float64 else -700.0
+    decay = (cs.unsqueeze(-1) - cs.unsqueeze(-2)).clamp_(min=floor).exp_().tril_()
+    if other is not None:
+        decay.masked_fill_(other, 0.0)
+    return decay
 
 
 def _block(inp, k0, k1, keep_decay=False):
@@ -81,8 +93,8 @@ def _block(inp, k0, k1, keep_decay=False):
     request: the forward needs just its product with the scores)."""
     delta, x, B, C = inp.delta[:, k0:k1], inp.x[:, k0:k1], inp.B[:, k0:k1], inp.C[:, k0:k1]
     cs = torch.cumsum(delta * inp.A, dim=-1)  # (b, c, g, r, Q)
-    mask, out_mask, in_mask = _masks(inp, k0, k1)
-    decay = (cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill_(mask.logical_not(), float("-inf")).exp_()
+    other, out_mask, in_mask = _masks(inp, k0, k1)
+    decay = _decay_matrix(cs, other)  # (b, c, g, r, Q, Q)
     scores = torch.matmul(C, B.transpose(-1, -2)).unsqueeze(3)  # (b, c, g, 1, Q, Q)
     W = scores * decay if keep_decay else decay.mul_(scores)
     xd = x * delta.unsqueeze(-1)
