@@ -3,6 +3,10 @@ interleaved.
 
 Codecs are imported by module (``rawseq.modalities.text``, ``.audio``, ``.image``, ``.multimodal``); the
 corpus and window classes and the error type are re-exported here.
+
+The encoders (``AudioEncoder``, ``ImageEncoder``, ``TextEncoder``, ``Encoder``, ``EncoderConfig``,
+``ClassificationHead``) are models, defined in :mod:`rawseq.models.encoders`; they are importable from here for
+convenience but loaded only on first use, so the data pipeline never imports the model stack.
 """
 
 from __future__ import annotations
@@ -12,8 +16,25 @@ from .corpus import ByteCorpus, CorpusView, split
 from .errors import DecodeError
 from .windows import RandomWindows, SequentialWindows
 
+_ENCODERS = ("AudioEncoder", "ClassificationHead", "Encoder", "EncoderConfig", "ImageEncoder", "TextEncoder")
+
+
+def __getattr__(name: str):
+    if name in _ENCODERS:
+        from rawseq.models import encoders
+
+        return getattr(encoders, name)
+    raise AttributeError(f"module 'rawseq.modalities' has no attribute {name!r}")
+
+
 __all__ = [
+    "AudioEncoder",
     "ByteCorpus",
+    "ClassificationHead",
+    "Encoder",
+    "EncoderConfig",
+    "ImageEncoder",
+    "TextEncoder",
     "CorpusView",
     "DecodeError",
     "RandomWindows",

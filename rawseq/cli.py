@@ -1,6 +1,7 @@
 """The ``rawseq`` command: train, eval, generate, info, bench.
 
     rawseq train [CONFIG.toml] [--preset=NAME] [--key=value ...] [--model.key=value ...] [--resume]
+    rawseq train --task=classify [CONFIG.toml] [--data=sklearn-digits] [--epochs=N] [--model.key=value ...]
     rawseq eval MODEL_DIR --data=PATH [--seq_len=N] [--modality=text]
     rawseq generate text|audio|image MODEL_DIR [--prompt=...] [--n=..] [--out=PATH] ...
     rawseq info MODEL_DIR
@@ -24,11 +25,39 @@ def _split_overrides(rest: list[str]) -> list[str]:
     return rest
 
 
+def _cmd_classify(args, rest) -> int:
+    import tomllib
+
+    from rawseq.models.encoders import EncoderConfig
+    from rawseq.train.classify import ClassifyConfig, format_confusion, train_classifier
+    from rawseq.train.config import parse_overrides
+
+    data: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist or is not a file")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+    cli = parse_overrides(_split_overrides(rest), ClassifyConfig, EncoderConfig)
+    data = {**data, **{k: v for k, v in cli.items() if k != "model"},
+            "model": {**data.get("model", {}), **cli.get("model", {})}}
+    summary = train_classifier(data)
+    print(format_confusion(summary["confusion_matrix"], summary["labels"]))
+    print(f"model and metrics.json saved to {summary['out_dir']}")
+    print(f"test accuracy: {summary['test_accuracy']:.4f}")
+    return 0
+
+
 def _cmd_train(args, rest) -> int:
     from rawseq.generation import generate
     from rawseq.models import ByteLM
     from rawseq.train import load_config, train
 
+    if args.task == "classify":
+        return _cmd_classify(args, rest)
     cfg = load_config(args.config, _split_overrides(rest), args.preset)
     summary = train(cfg, resume=args.resume)
     if "model_dir" not in summary:
@@ -155,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="a TOML config file")
     t.add_argument("--preset", help="tiny-text (default), tiny-audio or tiny-pixels")
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in out_dir")
+    t.add_argument("--task", choices=["lm", "classify"], default="lm",
+                   help="lm: a ByteLM (default); classify: an encoder classifier (see docs/encoders.md)")
     e = sub.add_parser("eval", help="bits per symbol of a model on data")
     e.add_argument("model")
     e.add_argument("--data", required=True)

@@ -140,6 +140,28 @@ def _parse_value(key: str, text: str, hint) -> Any:
     raise ValueError(f"--{key}={text!r} is not a valid {hint}")
 
 
+def parse_overrides(overrides: list[str], config_cls, model_cls) -> dict[str, Any]:
+    """``--key=value`` strings -> a dict for ``config_cls`` (``--model.key`` into its ``model`` dict), each value
+    parsed by its field's type; unknown keys are errors listing the valid ones."""
+    hints, model_hints = typing.get_type_hints(config_cls), typing.get_type_hints(model_cls)
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if not item.startswith("--") or "=" not in item:
+            raise ValueError(f"override {item!r} must look like --key=value")
+        key, text = item[2:].split("=", 1)
+        if key.startswith("model."):
+            name = key[6:]
+            if name not in model_hints:
+                raise ValueError(f"unknown model key {name!r}; valid model keys: {', '.join(model_hints)}")
+            out.setdefault("model", {})[name] = _parse_value(key, text, model_hints[name])
+        elif key in hints and key != "model":
+            out[key] = _parse_value(key, text, hints[key])
+        else:
+            valid = ", ".join(k for k in hints if k != "model")
+            raise ValueError(f"unknown key {key!r}; valid keys: {valid} (and model.<field>)")
+    return out
+
+
 def _parse_model_value(key: str, text: str) -> Any:
     hints = typing.get_type_hints(ByteLMConfig)
     if key not in hints:
