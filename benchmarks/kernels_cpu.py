@@ -15,6 +15,7 @@ import datetime
 import json
 import subprocess
 import sys
+import textwrap
 
 import torch
 
@@ -127,16 +128,23 @@ def timing_rows(name, shape, candidates, make_inputs, small_inputs, reference, r
 
 def memory_probe(l, d, n):
     """Forward + backward at length ``l`` in a fresh process: peak RSS above the RSS once the inputs exist (GB),
-    total peak RSS (GB), and time per (position x channel x state) in ns."""
-    code = (
-        "import sys, time, torch; sys.path.insert(0, 'benchmarks'); "
-        "from kernels_cpu import mamba1_inputs, rawseq_mamba1, fwd_bwd; "
-        "from _common import current_rss_gb, peak_rss_gb; "
-        f"ins = mamba1_inputs(1, {l}, {d}, {n}); base = current_rss_gb(); "
-        "step = fwd_bwd(rawseq_mamba1('torch'), ins); "
-        "step(); t0 = time.perf_counter(); step(); t = time.perf_counter() - t0; "
-        f"print(peak_rss_gb() - base, peak_rss_gb(), t / ({l} * {d} * {n}) * 1e9)"
-    )
+    total peak RSS (GB), and the median of 3 timed runs per (position x channel x state) in ns."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, "benchmarks")
+        from kernels_cpu import mamba1_inputs, rawseq_mamba1, fwd_bwd
+        from _common import current_rss_gb, peak_rss_gb
+        ins = mamba1_inputs(1, {l}, {d}, {n})
+        base = current_rss_gb()
+        step = fwd_bwd(rawseq_mamba1("torch"), ins)
+        step()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        print(peak_rss_gb() - base, peak_rss_gb(), sorted(times)[1] / ({l} * {d} * {n}) * 1e9)
+    """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), float(out[1]), float(out[2])
 

@@ -383,3 +383,35 @@ def test_worker_processes_give_the_same_corpus(media, tmp_path):
     assert np.array_equal(one.offsets, two.offsets)
     with pytest.raises(DecodeError, match="broken.wav"):
         ByteCorpus.build(media, tmp_path / "three", num_workers=2, strict=True)
+
+
+def _audio_datasets_work() -> bool:
+    """datasets needs torchcodec, and torchcodec needs FFmpeg's libraries, to create Audio columns."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _audio_datasets_work(), reason="torchcodec with FFmpeg is not available")
+def test_load_dataset_audiofolder(tmp_path):
+    import datasets
+    import soundfile as sf
+
+    from rawseq.modalities import audio as audio_codec
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    waves = []
+    for i, rate in enumerate((16000, 8000)):
+        wave = (0.5 * np.sin(np.arange(rate // 2) * 0.05 * (i + 1))).astype(np.float32)
+        sf.write(folder / f"clip{i}.wav", wave, rate)
+        waves.append(audio_codec.load(folder / f"clip{i}.wav", sample_rate=16000))
+    ds = datasets.load_dataset("audiofolder", data_files=str(folder / "*.wav"), split="train")
+    corpus = ByteCorpus.build(ds, tmp_path / "cache", codec="mulaw8", sample_rate=16000)
+    assert corpus.num_docs == 2 and not corpus.skipped
+    docs = sorted((corpus.doc(i) for i in range(2)), key=len)
+    expected = sorted((audio_codec.encode(w, codec="mulaw8").long() for w in waves), key=len)
+    for got, want in zip(docs, expected):
+        assert torch.equal(got, want)
