@@ -125,14 +125,7 @@ class ByteLMConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ByteLMConfig:
         """Build a config, refusing unknown keys with the list of valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown ByteLMConfig keys {unknown}; valid keys: {', '.join(valid)}")
-        hints = typing.get_type_hints(cls)
-        for name, value in data.items():
-            _check_type(name, value, hints[name])
-        return cls(**data)
+        return checked_dataclass(cls, data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -145,8 +138,21 @@ class ByteLMConfig:
         return cls.from_dict(data)
 
 
+def checked_dataclass(cls, data: dict):
+    """``cls(**data)`` for a config dataclass, refusing unknown keys (listing the valid ones) and values (from JSON
+    or TOML) that do not fit the field's annotation, each error naming ``Class.field``."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        _check_type(f"{cls.__name__}.{name}", value, hints[name])
+    return cls(**data)
+
+
 def _check_type(name: str, value, hint) -> None:
-    """Raise ValueError unless ``value`` (from JSON) fits the field's annotation."""
+    """Raise ValueError unless ``value`` (from JSON) fits the field's annotation; ``name`` is ``Class.field``."""
     def fits(v, h) -> bool:
         origin = typing.get_origin(h)
         if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -169,4 +175,4 @@ def _check_type(name: str, value, hint) -> None:
         return isinstance(v, h)
 
     if not fits(value, hint):
-        raise ValueError(f"ByteLMConfig.{name}={value!r} does not match its type {hint}")
+        raise ValueError(f"{name}={value!r} does not match its type {hint}")

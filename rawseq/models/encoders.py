@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +29,7 @@ from torch import nn
 from rawseq.layers import RMSNorm
 from rawseq.models.backbone import Backbone
 from rawseq.models.bytelm import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict
-from rawseq.models.config import ByteLMConfig, _check_type
+from rawseq.models.config import ByteLMConfig, checked_dataclass
 
 MODALITIES = ("audio", "image", "text")
 N_SYMBOLS = 256
@@ -112,17 +111,7 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         """Build a config, refusing unknown keys (with the list of valid ones) and values of the wrong type."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig keys {unknown}; valid keys: {', '.join(valid)}")
-        hints = typing.get_type_hints(cls)
-        for name, value in data.items():
-            try:
-                _check_type(name, value, hints[name])
-            except ValueError:
-                raise ValueError(f"EncoderConfig.{name}={value!r} does not match its type {hints[name]}") from None
-        return cls(**data)
+        return checked_dataclass(cls, data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

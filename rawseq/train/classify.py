@@ -19,14 +19,13 @@ import json
 import logging
 import math
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rawseq.models.config import _check_type
+from rawseq.models.config import checked_dataclass
 from rawseq.models.encoders import _BY_MODALITY, Encoder, EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -58,17 +57,7 @@ class ClassifyConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ClassifyConfig:
         """Build a config, refusing unknown keys (with the valid ones) and values of the wrong type."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown ClassifyConfig keys {unknown}; valid keys: {', '.join(valid)}")
-        hints = typing.get_type_hints(cls)
-        for name, value in data.items():
-            try:
-                _check_type(name, value, hints[name])
-            except ValueError:
-                raise ValueError(f"ClassifyConfig.{name}={value!r} does not match its type {hints[name]}") from None
-        return cls(**data)
+        return checked_dataclass(cls, data)
 
 
 @dataclass
