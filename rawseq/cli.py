@@ -21,8 +21,20 @@ import torch
 def _split_overrides(rest: list[str]) -> list[str]:
     for item in rest:
         if not item.startswith("--") or "=" not in item:
-            raise SystemExit(f"rawseq: expected --key=value, got {item!r}")
+            raise ValueError(f"expected --key=value, got {item!r}")
     return rest
+
+
+def _config_and_overrides(rest: list[str]) -> tuple[str | None, list[str]]:
+    """The optional CONFIG.toml among the train arguments, and the --key=value overrides.
+
+    argparse sees a value holding a space (``--sample_prompt="def f"``) as a positional argument, so the config
+    file is picked out here rather than declared to argparse.
+    """
+    paths = [a for a in rest if not a.startswith("--")]
+    if len(paths) > 1:
+        raise ValueError(f"expected at most one config file, got {paths}")
+    return (paths[0] if paths else None), _split_overrides([a for a in rest if a.startswith("--")])
 
 
 def _cmd_classify(args, rest) -> int:
@@ -32,16 +44,17 @@ def _cmd_classify(args, rest) -> int:
     from rawseq.train.classify import ClassifyConfig, format_confusion, train_classifier
     from rawseq.train.config import parse_overrides
 
+    config, overrides = _config_and_overrides(rest)
     data: dict = {}
-    if args.config:
-        path = Path(args.config)
+    if config:
+        path = Path(config)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist or is not a file")
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
-    cli = parse_overrides(_split_overrides(rest), ClassifyConfig, EncoderConfig)
+    cli = parse_overrides(overrides, ClassifyConfig, EncoderConfig)
     data = {**data, **{k: v for k, v in cli.items() if k != "model"},
             "model": {**data.get("model", {}), **cli.get("model", {})}}
     summary = train_classifier(data)
@@ -58,7 +71,8 @@ def _cmd_train(args, rest) -> int:
 
     if args.task == "classify":
         return _cmd_classify(args, rest)
-    cfg = load_config(args.config, _split_overrides(rest), args.preset)
+    config, overrides = _config_and_overrides(rest)
+    cfg = load_config(config, overrides, args.preset)
     summary = train(cfg, resume=args.resume)
     if "model_dir" not in summary:
         return 0
@@ -180,8 +194,9 @@ def _cmd_bench(args, rest) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rawseq", description="Tokenizer-free byte/sample-level models.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a ByteLM (extra --key=value overrides the config)")
-    t.add_argument("config", nargs="?", help="a TOML config file")
+    t = sub.add_parser("train", usage="rawseq train [CONFIG.toml] [--preset NAME] [--task lm|classify] [--resume] "
+                       "[--key=value ...] [--model.key=value ...]",
+                       help="train a ByteLM (an optional CONFIG.toml, then --key=value overrides)")
     t.add_argument("--preset", help="tiny-text (default), tiny-audio or tiny-pixels")
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in out_dir")
     t.add_argument("--task", choices=["lm", "classify"], default="lm",
