@@ -42,7 +42,8 @@ def scan_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
     grouped = state.view(batch, groups, channels // groups, n)  # channels of one group share B and C
     grouped.mul_(torch.exp(dt.unsqueeze(-1) * A.to(f)).view_as(grouped))
     grouped.add_((dt * xf).view(batch, groups, -1, 1) * B.to(f).unsqueeze(2))
-    y = torch.matmul(grouped, C.to(f).unsqueeze(-1)).view(batch, channels)  # (b, g, p, n) @ (b, g, n, 1)
+    # A product and a sum: at batch 1 a (p, n) @ (n, 1) bmm costs ~20x more in dispatch than the arithmetic.
+    y = (grouped * C.to(f).view(batch, groups, 1, n)).sum(-1).view(batch, channels)
     if D is not None:
         y = y.addcmul_(xf, D.to(f))
     if z is not None:
@@ -65,7 +66,7 @@ def ssd_step_fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
     grouped.mul_(torch.exp(dt * A.to(f)).view(batch, groups, -1, 1, 1))
     drive = (dt.unsqueeze(-1) * xf).view(batch, groups, -1, headdim, 1)
     grouped.add_(drive * B.to(f).view(batch, groups, 1, 1, n))
-    y = torch.matmul(grouped, C.to(f).view(batch, groups, 1, n, 1)).view(batch, heads, headdim)
+    y = (grouped * C.to(f).view(batch, groups, 1, 1, n)).sum(-1).view(batch, heads, headdim)
     if D is not None:
         y = y.addcmul_(xf, D.to(f).unsqueeze(-1))
     if z is not None:

@@ -144,6 +144,15 @@ class Mamba(nn.Module):
             return out, {"conv": conv_final, "ssm": ssm_final}
         return out
 
+    def _decay_rates(self) -> torch.Tensor:
+        """-exp(A_log) in float32 for decoding, kept between steps while ``A_log`` is unchanged (its in-place
+        version counter and storage identify it): at batch 1 this exp is a tenth of a step."""
+        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device)
+        if getattr(self, "_decay_key", None) != key:
+            self._decay_cache = -torch.exp(self.A_log.detach().float())
+            self._decay_key = key
+        return self._decay_cache
+
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
         if self.reverse:
@@ -153,7 +162,7 @@ class Mamba(nn.Module):
         x = conv_step(state["conv"], x, self.conv_weight, self.conv_bias, "silu", self.backend)
         dt, B, C = F.linear(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)
-        A = -torch.exp(self.A_log.float())
+        A = self._decay_rates()
         y = scan_step(state["ssm"], x, dt, A, B.unsqueeze(1), C.unsqueeze(1), self.D, z, self.dt_proj.bias, True,
                       self.backend)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias)
