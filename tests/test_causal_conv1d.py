@@ -76,3 +76,16 @@ def test_step_equals_forward_and_chaining():
     y2, s2 = causal_conv1d(x[:, 7:], weight, bias, "silu", s1, True)
     assert_close(torch.cat([y1, y2], 1), y, torch.float32, "chained")
     assert_close(s2, s, torch.float32, "chained state")
+
+
+@pytest.mark.parametrize("bias, init", [(False, True), (True, False), (False, False)],
+                         ids=["no-bias", "no-init", "bare"])
+def test_torch_gradients_without_optional_inputs(bias, init):
+    x, weight, bias_t, init_t = _inputs(2, 40, 6, 4, torch.float32, bias=bias, init=init)
+    y, s, g = _grads("torch", x, weight, bias_t, init_t, "silu", None, torch.float32)
+    y_ref, s_ref, g_ref = _grads("naive", x, weight, bias_t, init_t, "silu", None, torch.float64)
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(s, s_ref, torch.float32, "final state")
+    assert len(g) == len(g_ref) == 2 + bias + init
+    for k, (a, b) in enumerate(zip(g, g_ref)):
+        assert_close(a, b, torch.float32, f"grad {k}")

@@ -183,6 +183,11 @@ def test_norms_match_formulas():
     g = (x * torch.nn.functional.silu(gate)).view(3, 4, 4, 4)
     ref = (g / torch.sqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5)).view(3, 4, 16) * gnorm.weight
     _close(gnorm(x, gate), ref)
+    whole = GatedRMSNorm(16, eps=1e-5)  # one group: the single-call path
+    with torch.no_grad():
+        whole.weight.uniform_()
+    g = x * torch.nn.functional.silu(gate)
+    _close(whole(x, gate), g / torch.sqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5) * whole.weight)
 
 
 def test_block_residual_in_fp32_and_mlp():
@@ -219,3 +224,42 @@ def test_cpu_decoding_steps_match_the_naive_kernels(groups, extras):
     ref_state = state.clone()
     _close(ssd_step_fn(state, *args, "auto"), ssd_step_naive(ref_state, *args))
     _close(state, ref_state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_cpu_conv_step_matches_the_naive_kernel(dtype, bias):
+    from rawseq.kernels.causal_conv1d.naive import causal_conv1d_step_naive
+    from rawseq.layers._steps import conv_step
+
+    b, d, w = 3, 8, 4
+    state = torch.randn(b, d, w - 1).to(dtype)
+    x, weight = torch.randn(b, d).to(dtype), torch.randn(d, w).to(dtype)
+    bias_t = torch.randn(d).to(dtype) if bias else None
+    ref_state = state.clone()
+    for _ in range(3):  # the window shifts: later steps read what earlier ones wrote
+        y = conv_step(state, x, weight, bias_t, "silu", "auto")
+        ref = causal_conv1d_step_naive(ref_state, x, weight, bias_t, "silu")
+        assert y.dtype == ref.dtype == dtype
+        _close(y.float(), ref.float(), tol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+        _close(state.float(), ref_state.float(), tol=1e-6)
+        x = torch.randn(b, d).to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_decoding_follows_in_place_changes_to_A_log(kind):
+    """The decoding steps keep -exp(A_log) between calls; an in-place update (an optimizer step, a
+    load_state_dict) must be seen by the next step."""
+    layer = make(kind).eval()
+    x = torch.randn(2, D_MODEL)
+    with torch.no_grad():
+        layer.step(x, layer.allocate_inference_state(2))  # fills the cache
+        layer.A_log.add_(0.7)
+        out = layer.step(x, layer.allocate_inference_state(2))
+        ref = layer(x[:, None])[:, 0]
+    _close(out, ref)
+    fresh = make(kind).eval()
+    with torch.no_grad():
+        fresh.step(x, fresh.allocate_inference_state(2))
+        fresh.load_state_dict(layer.state_dict())
+        _close(fresh.step(x, fresh.allocate_inference_state(2)), ref)

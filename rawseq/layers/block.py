@@ -37,7 +37,7 @@ class Block(nn.Module):
         return hidden.float() if self.residual_in_fp32 else hidden
 
     def _normed(self, norm: RMSNorm, hidden: torch.Tensor) -> torch.Tensor:
-        return norm(hidden.to(norm.weight.dtype))
+        return norm(hidden if hidden.dtype == norm.weight.dtype else hidden.to(norm.weight.dtype))
 
     def _mlp(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:

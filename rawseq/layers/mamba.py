@@ -22,7 +22,7 @@ from torch import nn
 from rawseq.kernels import selective_scan
 from rawseq.layers._conv import causal_conv_silu
 from rawseq.layers._init import inverse_softplus_dt
-from rawseq.layers._steps import conv_step, scan_step
+from rawseq.layers._steps import conv_step, decay_rates, scan_step
 
 
 class Mamba(nn.Module):
@@ -144,15 +144,6 @@ class Mamba(nn.Module):
             return out, {"conv": conv_final, "ssm": ssm_final}
         return out
 
-    def _decay_rates(self) -> torch.Tensor:
-        """-exp(A_log) in float32 for decoding, kept between steps while ``A_log`` is unchanged (its in-place
-        version counter and storage identify it): at batch 1 this exp is a tenth of a step."""
-        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device)
-        if getattr(self, "_decay_key", None) != key:
-            self._decay_cache = -torch.exp(self.A_log.detach().float())
-            self._decay_key = key
-        return self._decay_cache
-
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
         if self.reverse:
@@ -161,8 +152,9 @@ class Mamba(nn.Module):
         x, z = F.linear(hidden, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)  # -> 2 x (b, d_inner)
         x = conv_step(state["conv"], x, self.conv_weight, self.conv_bias, "silu", self.backend)
         dt, B, C = F.linear(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
-        A = self._decay_rates()
-        y = scan_step(state["ssm"], x, dt, A, B.unsqueeze(1), C.unsqueeze(1), self.D, z, self.dt_proj.bias, True,
-                      self.backend)
+        # In float32 the dt bias joins the matmul (one op fewer); in lower precision it is added in float32.
+        fold = self.dt_proj.weight.dtype == torch.float32
+        dt = F.linear(dt, self.dt_proj.weight, self.dt_proj.bias if fold else None)
+        y = scan_step(state["ssm"], x, dt, decay_rates(self), B.unsqueeze(1), C.unsqueeze(1), self.D, z,
+                      None if fold else self.dt_proj.bias, True, self.backend)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias)

@@ -22,7 +22,7 @@ from rawseq.kernels import ssd
 from rawseq.kernels.common import softplus
 from rawseq.layers._conv import causal_conv_silu
 from rawseq.layers._init import inverse_softplus_dt
-from rawseq.layers._steps import conv_step, ssd_step_fn
+from rawseq.layers._steps import conv_step, decay_rates, ssd_step_fn
 from rawseq.layers.norm import GatedRMSNorm
 
 
@@ -188,7 +188,7 @@ class Mamba2(nn.Module):
             state["ssm"],
             x.unflatten(-1, (self.nheads, self.headdim)),  # (b, h p) -> (b, h, p)
             dt,
-            -torch.exp(self.A_log.float()),
+            decay_rates(self),
             B.unflatten(-1, (self.n_groups, self.d_state)),  # (b, g n) -> (b, g, n)
             C.unflatten(-1, (self.n_groups, self.d_state)),
             self.D,
