@@ -36,8 +36,15 @@ def _close(a, b, tol=1e-5):
     assert (a - b).abs().max() / scale < tol, f"relative error {float((a - b).abs().max() / scale):.3g}"
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-cpu-step", "generic-step"])
 @pytest.mark.parametrize("kind", MIXERS)
-def test_step_matches_forward(kind):
+def test_step_matches_forward(kind, lean, monkeypatch):
+    if not lean:  # the path that low-precision and Triton layers take, through the kernels' step functions
+        import rawseq.layers.mamba
+        import rawseq.layers.mamba2
+
+        for module in (rawseq.layers.mamba, rawseq.layers.mamba2):
+            monkeypatch.setattr(module, "lean_cpu_step", lambda layer, hidden: False)
     layer = make(kind).eval()
     x = torch.randn(2, 13, D_MODEL)
     with torch.no_grad():

@@ -22,7 +22,7 @@ from torch import nn
 from rawseq.kernels import selective_scan
 from rawseq.layers._conv import causal_conv_silu
 from rawseq.layers._init import inverse_softplus_dt
-from rawseq.layers._steps import conv_step, decay_rates, scan_step
+from rawseq.layers._steps import conv_step, decay_rates, lean_cpu_step, mamba_step_cpu, scan_step
 
 
 class Mamba(nn.Module):
@@ -148,6 +148,8 @@ class Mamba(nn.Module):
         """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
         if self.reverse:
             raise ValueError("a reverse (bidirectional) Mamba layer cannot decode step by step")
+        if lean_cpu_step(self, hidden):
+            return mamba_step_cpu(self, hidden, state)
         # Decoding time at batch 1 is mostly per-call overhead, so the projections are called functionally.
         x, z = F.linear(hidden, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)  # -> 2 x (b, d_inner)
         x = conv_step(state["conv"], x, self.conv_weight, self.conv_bias, "silu", self.backend)

@@ -22,7 +22,7 @@ from rawseq.kernels import ssd
 from rawseq.kernels.common import softplus
 from rawseq.layers._conv import causal_conv_silu
 from rawseq.layers._init import inverse_softplus_dt
-from rawseq.layers._steps import conv_step, decay_rates, ssd_step_fn
+from rawseq.layers._steps import conv_step, decay_rates, lean_cpu_step, mamba2_step_cpu, ssd_step_fn
 from rawseq.layers.norm import GatedRMSNorm
 
 
@@ -178,6 +178,8 @@ class Mamba2(nn.Module):
         """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
         if self.reverse:
             raise ValueError("a reverse (bidirectional) Mamba2 layer cannot decode step by step")
+        if lean_cpu_step(self, hidden):
+            return mamba2_step_cpu(self, hidden, state)
         gn = self.n_groups * self.d_state
         zxbcdt = F.linear(hidden, self.in_proj.weight, self.in_proj.bias)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)

@@ -7,6 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of float32 rows x (b, d) with weight (d,): six small ops, which beat ``F.rms_norm``'s ~10 by ~5%
+    of a batch-1 decoding step."""
+    scale = torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_()
+    return (x * scale.unsqueeze(-1)).mul_(weight)
+
+
 class RMSNorm(nn.Module):
     """``weight * x / sqrt(mean(x^2) + eps)``, computed in float32 and returned in ``x.dtype``."""
 
@@ -17,7 +24,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)  # one call: it counts when decoding
+            if x.dim() == 2:  # one position per row (decoding)
+                return rms_norm_rows(x, self.weight, self.eps)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
