@@ -270,3 +270,21 @@ def test_decoding_follows_in_place_changes_to_A_log(kind):
         fresh.step(x, fresh.allocate_inference_state(2))
         fresh.load_state_dict(layer.state_dict())
         _close(fresh.step(x, fresh.allocate_inference_state(2)), ref)
+
+
+@pytest.mark.parametrize("kind", ["attention", "attention-window"])
+def test_attention_steps_rows_with_different_cache_lengths(kind):
+    """Decoding rows whose caches hold different numbers of positions (ragged prompts), through cache growth and
+    ring-buffer wrap-around, equals running each row's whole sequence through the parallel forward."""
+    from rawseq.layers.state import concat_states
+
+    layer = make(kind).eval()
+    prompts = [torch.randn(1, n, D_MODEL) for n in (3, 9)]
+    following = torch.randn(2, 7, D_MODEL)
+    with torch.no_grad():
+        state = concat_states([layer(p, return_state=True)[1] for p in prompts])
+        steps = torch.stack([layer.step(following[:, t], state) for t in range(following.shape[1])], dim=1)
+        for r, p in enumerate(prompts):
+            ref = layer(torch.cat([p, following[r : r + 1]], dim=1))[:, p.shape[1]:]
+            _close(steps[r : r + 1], ref)
+    assert state["length"].tolist() == [3 + 7, 9 + 7]

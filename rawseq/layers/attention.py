@@ -112,16 +112,48 @@ class Attention(nn.Module):
         Returns:
             (b, l, d_model), and with ``return_state`` the new cache.
         """
-        y, state = self._attend(hidden, seq_idx, initial_state, return_state, inplace=False)
+        y, state = self._attend(hidden, seq_idx, initial_state, return_state)
         return (y, state) if return_state else y
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
-        """One position: hidden (b, d_model) -> (b, d_model); the KV cache in ``state`` is updated in place."""
-        y, new = self._attend(hidden.unsqueeze(1), None, state, True, inplace=True)
-        state.update(new)
-        return y.squeeze(1)
+        """One position: hidden (b, d_model) -> (b, d_model); the KV cache in ``state`` is updated in place.
 
-    def _attend(self, hidden, seq_idx, state, want_state, inplace):
+        The new key and value are written into their slots first, then the query attends over the cache with a
+        (b, cap) validity mask: no concatenation of the cache and no (query x key) position arithmetic, which
+        :meth:`forward` needs for chunks and packed documents (measured: a 256-wide layer's batch-1 step on CPU took
+        ~1.1 ms through that path at a 300-position cache).
+        """
+        if not self.causal:
+            raise ValueError("a bidirectional attention layer has no decoding state")
+        batch = hidden.shape[0]
+        h, kvh = self.n_heads, self.n_kv_heads
+        qkv = self.qkv_proj(hidden).view(batch, 1, h + 2 * kvh, self.head_dim)  # (b, 1, h + 2 kvh, hd)
+        length = state["length"]  # (b,) positions cached so far: the new one is position ``length``
+        qk = _rotate(qkv[:, :, : h + kvh], length[:, None], self.inv_freq)[:, 0]  # (b, h + kvh, hd)
+        ck, cv = state["k"], state["v"]
+        cap = ck.shape[1]
+        new_length = length + 1
+        if self.window is None and int(new_length.max()) > cap:  # grow (doubling) before a slot would be reused
+            pad = (0, 0, 0, 0, 0, cap)
+            ck, cv = F.pad(ck, pad), F.pad(cv, pad)
+            cap *= 2
+        rows = torch.arange(batch, device=hidden.device)
+        slots = length % cap
+        ck[rows, slots] = qk[:, h:]
+        cv[rows, slots] = qkv[:, 0, h + kvh :]
+        state.update(k=ck, v=cv, length=new_length)
+        # Slots below the new length hold positions that the query sees; a full ring buffer holds exactly the window.
+        mask = torch.arange(cap, device=hidden.device) < new_length[:, None]  # (b, cap)
+        y = F.scaled_dot_product_attention(
+            qk[:, :h, None],  # (b, h, 1, hd)
+            ck.transpose(1, 2),  # (b, kvh, cap, hd)
+            cv.transpose(1, 2),
+            attn_mask=mask[:, None, None, :],
+            enable_gqa=h != kvh,
+        )
+        return self.out_proj(y.reshape(batch, h * self.head_dim))
+
+    def _attend(self, hidden, seq_idx, state, want_state):
         batch, length, _ = hidden.shape
         device = hidden.device
         if state is not None and not self.causal:
@@ -173,9 +205,10 @@ class Attention(nn.Module):
         y = self.out_proj(y.transpose(1, 2).flatten(2))
         if not want_state:
             return y, None
-        return y, self._update_cache(state, k, v, seq_idx, starts, offset, inplace)
+        return y, self._update_cache(state, k, v, seq_idx, starts, offset)
 
-    def _update_cache(self, state, k, v, seq_idx, starts, offset, inplace):
+    def _update_cache(self, state, k, v, seq_idx, starts, offset):
+        """A new cache holding ``state``'s positions and these keys and values (``state`` is not modified)."""
         batch, length = k.shape[:2]
         if state is None:
             state = self.allocate_inference_state(batch, k.dtype, k.device, capacity=length)
@@ -192,7 +225,7 @@ class Attention(nn.Module):
             pad = (0, 0, 0, 0, 0, grow)
             ck, cv = F.pad(ck, pad), F.pad(cv, pad)
             cap += grow
-        elif not inplace:
+        else:
             ck, cv = ck.clone(), cv.clone()
         if seq_idx is None:
             keep = min(length, cap)
