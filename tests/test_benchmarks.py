@@ -27,3 +27,11 @@ def test_gpu_check_rejects_bad_arguments(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "--no-such-flag" in proc.stderr
+
+
+def test_decode_cpu_runs_and_its_checks_pass():
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "decode_cpu.py"), "--prompt=20", "--steps=2",
+                           "--rounds=1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "ms per byte" not in line]
+    assert len(rows) == 5 and all("| ok |" in row for row in rows), proc.stdout
