@@ -56,14 +56,17 @@ def conv_step(state, x, weight, bias, activation, backend):
         return causal_conv1d_step(state, x, weight, bias, activation, backend=backend)
     if not (state.dtype == x.dtype == weight.dtype) or (bias is not None and bias.dtype != x.dtype):
         return causal_conv1d_step_naive(state, x, weight, bias, activation)
+    return _conv_cpu(state, x, weight, bias, activation == "silu")
+
+
+def _conv_cpu(state, x, weight, bias, silu: bool):
+    """The conv step for CPU tensors of one dtype, without checks: state (b, d, w - 1), x (b, d) -> (b, d)."""
     window = torch.cat([state, x.unsqueeze(-1)], dim=-1)  # (b, d, w)
-    y = torch.linalg.vecdot(window, weight)
     state.copy_(window[:, :, 1:])
+    y = torch.linalg.vecdot(window, weight)
     if bias is not None:
         y.add_(bias)
-    if activation == "silu":
-        F.silu(y, inplace=True)
-    return y
+    return F.silu(y, inplace=True) if silu else y
 
 
 def scan_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
@@ -119,23 +122,13 @@ def ssd_step_fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
 # Mamba-1 or Mamba-2 step against the generic path (generic and lean steps interleaved in one process).
 
 
-def _conv_silu_cpu(state, x, weight, bias):
-    """``conv_step`` for float32 CPU tensors without its checks: state (b, d, w - 1), x (b, d) -> (b, d)."""
-    window = torch.cat([state, x.unsqueeze(-1)], dim=-1)  # (b, d, w)
-    state.copy_(window[:, :, 1:])
-    y = torch.linalg.vecdot(window, weight)
-    if bias is not None:
-        y.add_(bias)
-    return F.silu(y, inplace=True)
-
-
 def mamba_step_cpu(layer, hidden: torch.Tensor, state: dict) -> torch.Tensor:
     """Mamba-1 (one group of B/C): hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
     params, mods = layer._parameters, layer._modules
     in_proj, out_proj = mods["in_proj"], mods["out_proj"]
     d, r, n = layer.d_inner, layer.dt_rank, layer.d_state
     xz = F.linear(hidden, in_proj.weight, in_proj.bias)  # (b, 2 d)
-    x = _conv_silu_cpu(state["conv"], xz[:, :d], params["conv_weight"], params.get("conv_bias"))
+    x = _conv_cpu(state["conv"], xz[:, :d], params["conv_weight"], params.get("conv_bias"), True)
     dbc = F.linear(x, mods["x_proj"].weight)  # (b, dt_rank + 2 n)
     dt_proj = mods["dt_proj"]
     dt = F.softplus(F.linear(dbc[:, :r], dt_proj.weight, dt_proj.bias))  # (b, d); threshold 20 as softplus()
@@ -155,7 +148,7 @@ def mamba2_step_cpu(layer, hidden: torch.Tensor, state: dict) -> torch.Tensor:
     d, h, p, g, n = layer.d_inner, layer.nheads, layer.headdim, layer.n_groups, layer.d_state
     conv_end = d + layer.conv_dim
     zxbcdt = F.linear(hidden, in_proj.weight, in_proj.bias)  # (b, d + conv_dim + h)
-    xbc = _conv_silu_cpu(state["conv"], zxbcdt[:, d:conv_end], params["conv_weight"], params.get("conv_bias"))
+    xbc = _conv_cpu(state["conv"], zxbcdt[:, d:conv_end], params["conv_weight"], params.get("conv_bias"), True)
     dt = F.softplus(zxbcdt[:, conv_end:] + params["dt_bias"])  # (b, h); threshold 20 as softplus()
     if layer.dt_limit is not None:
         dt = dt.clamp(*layer.dt_limit)
