@@ -20,34 +20,6 @@ from rawseq.kernels.ssd.triton import ssd_step_triton, ssd_triton  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
-
-def _interpreter_bf16_dot() -> None:
-    """Triton 3.5's interpreter keeps bfloat16 as raw uint16 bits and multiplies those bits in ``tl.dot``; widen
-    bfloat16 operands to float32 first (exact), as the GPU's bf16 x bf16 -> fp32 product does. Interpreter only."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    if getattr(builder.create_dot, "_rawseq_bf16", False):
-        return
-    original = builder.create_dot
-
-    def widen(h):
-        if h.dtype.scalar != tl.bfloat16 or h.data.dtype != np.uint16:  # a fixed interpreter needs nothing
-            return h
-        data = (h.data.astype(np.uint32) << 16).view(np.float32)
-        return interpreter.TensorHandle(data, tl.float32)
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        return original(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
-
-    create_dot._rawseq_bf16 = True
-    builder.create_dot = create_dot
-
-
-_interpreter_bf16_dot()
-
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 
