@@ -32,7 +32,8 @@ the kernels as fp32 partial sums that the wrapper reduces. ``reverse`` is handle
 ``i`` reads memory row ``t0 + step * i`` with ``(t0, step) = (L - 1, -1)``, so nothing is flipped or copied.
 ``chunk_size`` is accepted for the common signature and ignored (always ``Q = 64``, the chunk that keeps the (Q, Q)
 and (Q, nstate) tiles in registers at nstate 128), so results do not depend on it at all. Offsets that can pass
-2**31 (batch, head, row and chunk terms) are formed in int64; tile-local offsets stay int32.
+2**31 (batch, head, row and chunk terms) are formed in int64; offsets inside a tile stay int32, and the launcher
+copies the rare input whose strides would take those past 2**31 (``_kernel_layout``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = ["ssd_step_triton", "ssd_triton"]
 
 _Q = 64
 _MAX_NSTATE = 256
+_INT32 = 2**31
 
 
 @triton.jit
@@ -442,9 +444,16 @@ def _blocks(headdim: int, nstate: int) -> tuple[int, int, int]:
     return _BP, max(_BN_SEQ, next_pow2(nstate)), _BN_SEQ
 
 
-def _unit_last(t: torch.Tensor | None) -> torch.Tensor | None:
-    """The kernels (and their AOT variants) take the innermost stride as 1; copy the rare tensor where it is not."""
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+def _kernel_layout(t: torch.Tensor | None, dim: int = 1, rows: int = _Q) -> torch.Tensor | None:
+    """The kernels (and their AOT variants) take the innermost stride as 1, and form the offsets inside a tile (up to
+    ``rows - 1`` steps of ``t.stride(dim)`` plus the innermost dimension) in int32; batch, head, row and chunk terms are
+    int64. Copy the rare tensor where either does not hold (a position stride of 2**25 elements or more, say): the
+    contiguous copy fits, since ``_prepare`` refuses positions of that size."""
+    if t is None:
+        return t
+    if t.stride(-1) == 1 and (rows - 1) * abs(t.stride(dim)) + t.shape[-1] - 1 < _INT32:
+        return t
+    return t.contiguous()
 
 
 def _prepare(x, dt, A, B, C, D, z, dt_bias, seq_idx):
@@ -453,19 +462,23 @@ def _prepare(x, dt, A, B, C, D, z, dt_bias, seq_idx):
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"the triton ssd backend takes float16, bfloat16 or float32 x, got {x.dtype}; "
                          "use backend='torch' for float64")
-    heads = x.shape[2]
-    if B.shape[-1] > _MAX_NSTATE:
-        raise ValueError(f"the triton ssd backend supports nstate <= {_MAX_NSTATE}, got {B.shape[-1]}")
+    heads, headdim, nstate = x.shape[2], x.shape[3], B.shape[-1]
+    if nstate > _MAX_NSTATE:
+        raise ValueError(f"the triton ssd backend supports nstate <= {_MAX_NSTATE}, got {nstate}")
+    if _Q * heads * max(headdim, nstate) + max(headdim, nstate) >= _INT32:
+        raise ValueError(f"the triton ssd backend forms offsets inside a chunk in int32 and takes fewer than "
+                         f"{_INT32 // _Q} elements per position in x or B, got heads * max(headdim, nstate) = "
+                         f"{heads} * {max(headdim, nstate)}; use backend='torch'")
     f32 = dict(dtype=torch.float32, device=x.device)
-    B = _unit_last(B.to(x.dtype))
-    C = _unit_last(C.to(x.dtype))
-    z = None if z is None else _unit_last(z.to(x.dtype))
-    dtf = _unit_last(dt.to(torch.float32))
+    B = _kernel_layout(B.to(x.dtype))
+    C = _kernel_layout(C.to(x.dtype))
+    z = None if z is None else _kernel_layout(z.to(x.dtype))
+    dtf = _kernel_layout(dt.to(torch.float32))
     Af = A.to(torch.float32).contiguous()
     Df = torch.zeros(heads, **f32) if D is None else D.to(torch.float32).contiguous()
     biasf = torch.zeros(heads, **f32) if dt_bias is None else dt_bias.to(torch.float32).contiguous()
     seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
-    return _unit_last(x), B, C, z, dtf, Af, Df, biasf, seq
+    return _kernel_layout(x), B, C, z, dtf, Af, Df, biasf, seq
 
 
 def _ssd_fwd(x, dtf, Af, B, C, Df, z, biasf, dt_softplus, initial_state, seq, reverse):
@@ -511,7 +524,7 @@ def _ssd_bwd(gy, gfinal, x, dtf, Af, B, C, Df, z, biasf, dt_softplus, seq, rever
     npb = triton.cdiv(headdim, bp)
     ieee = x.dtype == torch.float32
     dev = x.device
-    gy = _unit_last(gy.to(x.dtype))
+    gy = _kernel_layout(gy.to(x.dtype))
     adj = torch.empty_like(states)
     ginit = torch.empty(batch, heads, headdim, nstate, dtype=torch.float32, device=dev)
     gfinal_t = ginit if gfinal is None else gfinal.to(torch.float32).contiguous()
@@ -631,7 +644,7 @@ def ssd_step_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_soft
     x, B, C, z, dtf, Af, Df, biasf, _ = _prepare(x[:, None], dt, A, B[:, None], C[:, None], D, z, dt_bias, None)
     x, B, C = x[:, 0], B[:, 0], C[:, 0]
     _, bn, _ = _blocks(headdim, nstate)
-    work = _unit_last(state)
+    work = _kernel_layout(state, dim=2, rows=state.shape[2])
     y = torch.empty(batch, heads, headdim, dtype=x.dtype, device=x.device)
     z_t = z if z is not None else x
     grid = (triton.cdiv(headdim, _STEP_BP), batch * heads)
