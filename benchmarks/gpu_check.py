@@ -1,17 +1,23 @@
 """GPU check for the Triton kernels: correctness at realistic shapes, then speed against the device's copy bandwidth
-and against peer implementations (flash-linear-attention, mamba_ssm, causal_conv1d) when they are importable.
+and against peer implementations (flash-linear-attention, mamba_ssm, causal_conv1d) when they are importable, then
+tensors of more than 2**31 elements.
 
-    python benchmarks/gpu_check.py [OUT.md] [--dry-run] [--quick]
+    python benchmarks/gpu_check.py [OUT.md] [--quick] [--sweep]
+    python benchmarks/gpu_check.py [OUT.md] --dry-run     # CPU: arguments, byte counts, imports
+    python benchmarks/gpu_check.py [OUT.md] --smoke       # CPU: every step at tiny shapes under TRITON_INTERPRET
 
 Correctness compares against the ``torch`` backend in float64 (the naive loop is too slow at these lengths). A
-benchmark row whose op failed its correctness check reports no speed ratio. ``--dry-run`` checks the arguments,
-the shapes and the byte counts on the CPU and exits without a GPU.
+benchmark row whose op failed its correctness check reports no speed ratio. The report is written line by line, so
+a crash (an illegal memory access ends the CUDA context) keeps what came before it; the checks that allocate more
+than 2**31 elements per tensor run last for that reason. ``--smoke`` runs the same code at tiny shapes on the CPU
+(timings meaningless), so that a session lent a GPU does not spend its minutes on a broken script.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -24,17 +30,64 @@ SCAN_BENCH = dict(batch=4, length=16384, channels=2048, nstate=16)
 SSD_BENCH = dict(batch=4, length=16384, heads=32, headdim=64, nstate=128)
 CONV_BENCH = dict(batch=4, length=16384, channels=4096, width=4)
 COPY_BYTES = 4 << 30
+WIDE = 2**31 // 2048 + 192  # positions of 2048 elements: tensors of 2**31 + 393,216 elements
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every shape the check uses. ``full`` is the GPU plan; ``smoke`` the same steps at interpreter sizes."""
+
+    scan_cases: tuple  # (batch, length, channels, nstate, groups, seq_idx, reverse), fp32 fwd + bwd
+    scan_bf16: tuple  # (batch, length, channels, nstate), bf16 forward
+    conv_cases: tuple  # (batch, length, channels, width, seq_idx), fp32 fwd + bwd
+    ssd_case: tuple  # (batch, length, heads, headdim, nstate, groups), fp32 fwd + bwd
+    scan_bench: dict
+    ssd_bench: dict
+    conv_bench: dict
+    copy_bytes: int
+    wide: dict  # the > 2**31-element checks: length, split point, scan (d, n), ssd (h, p, n), conv (d, w)
+    smoke: bool = False
+
+    @staticmethod
+    def full(quick: bool) -> Plan:
+        scan = [(2, 2048, 256, 16, 1, False, False), (2, 1031, 128, 16, 2, True, True)]
+        if not quick:
+            scan.append((1, 8192, 128, 16, 1, False, False))  # long enough for the length-split forward
+        return Plan(
+            scan_cases=tuple(scan), scan_bf16=(2, 4096, 512, 16),
+            conv_cases=((2, 4099, 1024, 4, False), (2, 3000, 512, 4, True)),
+            ssd_case=(2, 1031, 8, 64, 64, 2),
+            scan_bench=SCAN_BENCH, ssd_bench=SSD_BENCH, conv_bench=CONV_BENCH, copy_bytes=COPY_BYTES,
+            wide=dict(length=WIDE, split=WIDE - 4096, scan=(2048, 16), ssd=(32, 64, 64), conv=(2048, 4)),
+        )
+
+    @staticmethod
+    def tiny() -> Plan:
+        return Plan(
+            scan_cases=((2, 40, 8, 4, 1, False, False), (2, 33, 8, 4, 2, True, True)), scan_bf16=(2, 40, 8, 4),
+            conv_cases=((2, 37, 8, 4, False), (2, 30, 8, 4, True)), ssd_case=(2, 70, 2, 8, 8, 2),
+            scan_bench=dict(batch=2, length=64, channels=16, nstate=4),
+            ssd_bench=dict(batch=1, length=70, heads=2, headdim=8, nstate=8),
+            conv_bench=dict(batch=2, length=64, channels=16, width=4), copy_bytes=1 << 20,
+            wide=dict(length=70, split=66, scan=(8, 4), ssd=(2, 8, 8), conv=(8, 4)), smoke=True,
+        )
 
 
 @dataclass
 class Report:
+    path: Path
     lines: list[str] = field(default_factory=list)
     correct: dict[str, bool] = field(default_factory=dict)
-    failures: int = 0
+
+    def __post_init__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
 
     def add(self, line: str = "") -> None:
         print(line, flush=True)
         self.lines.append(line)
+        with self.path.open("a") as fh:
+            fh.write(line + "\n")
 
 
 def scan_bytes(batch, length, channels, nstate, groups=1, itemsize=2, gate=True) -> int:
@@ -52,7 +105,11 @@ def _rel_err(got, ref) -> float:
     return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
 
-def _bench(fn, quick):
+def _bench(fn, quick, smoke=False):
+    if smoke:  # one call, to run the code path; the interpreter's time means nothing
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=50 if quick else 200, return_mode="median")
@@ -64,7 +121,7 @@ def _kernels():
 
 def _scan_inputs(b, l, d, n, g, dtype, device, gate=True):
     gen = torch.Generator(device=device).manual_seed(0)
-    r = lambda *s: torch.randn(*s, device=device, generator=gen)
+    r = lambda *s: torch.randn(*s, device=device, generator=gen)  # noqa: E731
     return dict(
         x=r(b, l, d).to(dtype), dt=(r(b, l, d) * 0.5 - 2).to(dtype), A=-torch.rand(d, n, device=device) * 4 - 0.1,
         B=r(b, l, g, n).to(dtype), C=r(b, l, g, n).to(dtype), D=r(d), z=r(b, l, d).to(dtype) if gate else None,
@@ -72,13 +129,18 @@ def _scan_inputs(b, l, d, n, g, dtype, device, gate=True):
     )
 
 
-def check_selective_scan(rep: Report, device, quick):
+def _ssd_inputs(b, l, h, p, n, g, dtype, device):
+    gen = torch.Generator(device=device).manual_seed(1)
+    r = lambda *s: torch.randn(*s, device=device, generator=gen)  # noqa: E731
+    return dict(x=r(b, l, h, p).to(dtype), dt=r(b, l, h) * 0.5 - 2, A=-torch.rand(h, device=device) * 4 - 0.1,
+                B=r(b, l, g, n).to(dtype), C=r(b, l, g, n).to(dtype), D=r(h), z=r(b, l, h, p).to(dtype),
+                dt_bias=r(h) * 0.1)
+
+
+def check_selective_scan(rep: Report, device, plan: Plan):
     ss = _kernels().selective_scan
-    cases = [(2, 2048, 256, 16, 1, False, False), (2, 1031, 128, 16, 2, True, True)]
-    if not quick:
-        cases.append((1, 8192, 128, 16, 1, False, False))  # long enough for the length-split forward
     ok = True
-    for b, l, d, n, g, use_seq, reverse in cases:
+    for b, l, d, n, g, use_seq, reverse in plan.scan_cases:
         inp = _scan_inputs(b, l, d, n, g, torch.float32, device)
         h0 = torch.randn(b, d, n, device=device)
         seq = (torch.arange(l, device=device) * 3 // l).expand(b, l).contiguous() if use_seq else None
@@ -102,19 +164,21 @@ def check_selective_scan(rep: Report, device, quick):
         ok &= passed
         rep.add(f"| selective_scan fp32 b={b} l={l} d={d} n={n} g={g} seq={use_seq} rev={reverse} | "
                 f"{worst:.2e} ({max(errs, key=errs.get)}) | {'ok' if passed else 'FAIL'} |")
-    inp = _scan_inputs(2, 4096, 512, 16, 1, torch.bfloat16, device)
+    b, l, d, n = plan.scan_bf16
+    inp = _scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
     y = ss(**inp, backend="triton")
     yr = ss(**{k: v.double() for k, v in inp.items()}, backend="torch")
     err = _rel_err(y, yr)
     ok &= err < 3e-2
-    rep.add(f"| selective_scan bf16 b=2 l=4096 d=512 n=16 (forward) | {err:.2e} | {'ok' if err < 3e-2 else 'FAIL'} |")
+    rep.add(f"| selective_scan bf16 b={b} l={l} d={d} n={n} (forward) | {err:.2e} | "
+            f"{'ok' if err < 3e-2 else 'FAIL'} |")
     rep.correct["selective_scan"] = ok
 
 
-def check_conv(rep: Report, device, quick):
+def check_conv(rep: Report, device, plan: Plan):
     conv = _kernels().causal_conv1d
     ok = True
-    for b, l, d, w, use_seq in [(2, 4099, 1024, 4, False), (2, 3000, 512, 4, True)]:
+    for b, l, d, w, use_seq in plan.conv_cases:
         x = torch.randn(b, l, d, device=device, requires_grad=True)
         wt = torch.randn(d, w, device=device, requires_grad=True)
         bias = torch.randn(d, device=device, requires_grad=True)
@@ -134,13 +198,10 @@ def check_conv(rep: Report, device, quick):
     rep.correct["causal_conv1d"] = ok
 
 
-def check_ssd(rep: Report, device, quick):
+def check_ssd(rep: Report, device, plan: Plan):
     ssd = _kernels().ssd
-    b, l, h, p, n, g = 2, 1031, 8, 64, 64, 2
-    gen = torch.Generator(device=device).manual_seed(1)
-    r = lambda *s: torch.randn(*s, device=device, generator=gen)
-    inp = dict(x=r(b, l, h, p), dt=r(b, l, h) * 0.5 - 2, A=-torch.rand(h, device=device) * 4 - 0.1,
-               B=r(b, l, g, n), C=r(b, l, g, n), D=r(h), z=r(b, l, h, p), dt_bias=r(h) * 0.1)
+    b, l, h, p, n, g = plan.ssd_case
+    inp = _ssd_inputs(b, l, h, p, n, g, torch.float32, device)
     leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
     y, hf = ssd(**leaves, return_final_state=True, backend="triton")
     gy, gh = torch.randn_like(y), torch.randn_like(hf)
@@ -157,11 +218,81 @@ def check_ssd(rep: Report, device, quick):
     rep.correct["ssd"] = ok
 
 
-def copy_bandwidth(device, quick) -> float:
-    n = (COPY_BYTES // 2) // 2
+def _split_vs_whole(fn, seq: dict, other: dict, split: int) -> dict[str, float]:
+    """``fn`` over the whole sequence against ``fn`` over ``[:split]`` then ``[split:]`` chained through the state,
+    forward and backward; errors over the positions from ``split - 64`` on (in fp32: a float64 copy of a tensor of
+    2**31 elements would not fit)."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in seq.items()}
+    y, h = fn(**leaves, **other, return_final_state=True)
+    gy = torch.randn_like(y)
+    g_whole = torch.autograd.grad(y, list(leaves.values()), grad_outputs=gy)
+    y1, h1 = fn(**{k: v[:, :split] for k, v in leaves.items()}, **other, return_final_state=True)
+    y2, h2 = fn(**{k: v[:, split:] for k, v in leaves.items()}, **other, initial_state=h1, return_final_state=True)
+    g_split = torch.autograd.grad([y1, y2], list(leaves.values()), grad_outputs=[gy[:, :split], gy[:, split:]])
+    lo = max(0, split - 64)
+
+    def err(a, b):
+        a, b = a.float(), b.float()
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+
+    errs = {"y": err(y2, y[:, split:]), "final": err(h2, h)}
+    errs.update({"d" + k: err(a[:, lo:], b[:, lo:]) for k, a, b in zip(leaves, g_split, g_whole)})
+    return errs
+
+
+def check_wide(rep: Report, device, plan: Plan):
+    """Tensors of more than 2**31 elements (the GPU plan): outputs and gradients past 2**31 against the same
+    sequence cut in two and chained through the state (each half below 2**31 where it matters)."""
+    k = _kernels()
+    w = plan.wide
+    length, split = w["length"], w["split"]
+    bf = torch.bfloat16
+    gen = torch.Generator(device=device).manual_seed(5)
+    r = lambda *s, dtype=bf: torch.randn(*s, device=device, generator=gen).to(dtype)  # noqa: E731
+
+    def row(name, elements, errs, tol):
+        worst = max(errs.values())
+        passed = worst < tol  # NaN fails
+        rep.correct[f"{name} > 2**31"] = passed
+        rep.add(f"| {name} bf16, {elements / 2**31:.4f} x 2**31 elements per tensor, whole vs split at {split} | "
+                f"{worst:.2e} ({max(errs, key=errs.get)}) | {'ok' if passed else 'FAIL'} |")
+
+    d, n = w["scan"]
+    seq = dict(x=r(1, length, d), dt=(r(1, length, d, dtype=torch.float32) * 0.5 - 2).to(bf), z=r(1, length, d),
+               B=r(1, length, 1, n), C=r(1, length, 1, n))
+    other = dict(A=-torch.rand(d, n, device=device) * 4 - 0.1, D=r(d, dtype=torch.float32),
+                 dt_bias=r(d, dtype=torch.float32) * 0.1, backend="triton")
+    row("selective_scan", length * d, _split_vs_whole(k.selective_scan, seq, other, split), 3e-2)
+    del seq
+    _free(device)
+
+    h, p, n = w["ssd"]
+    seq = dict(x=r(1, length, h, p), dt=r(1, length, h, dtype=torch.float32) * 0.5 - 2, z=r(1, length, h, p),
+               B=r(1, length, 1, n), C=r(1, length, 1, n))
+    other = dict(A=-torch.rand(h, device=device) * 4 - 0.1, D=r(h, dtype=torch.float32),
+                 dt_bias=r(h, dtype=torch.float32) * 0.1, backend="triton")
+    row("ssd", length * h * p, _split_vs_whole(k.ssd, seq, other, split), 3e-2)
+    del seq
+    _free(device)
+
+    d, width = w["conv"]
+    seq = dict(x=r(1, length, d))
+    other = dict(weight=r(d, width), bias=r(d), activation="silu", backend="triton")
+    row("causal_conv1d", length * d, _split_vs_whole(k.causal_conv1d, seq, other, split), 2e-2)
+    del seq
+    _free(device)
+
+
+def _free(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def copy_bandwidth(device, plan: Plan, quick) -> float:
+    n = (plan.copy_bytes // 2) // 2
     src = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
     dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src), quick)
+    ms = _bench(lambda: dst.copy_(src), quick, plan.smoke)
     return 2 * src.numel() * 2 / (ms * 1e-3) / 1e9
 
 
@@ -173,14 +304,14 @@ def _try(rep: Report, label: str, fn):
         return None
 
 
-def bench_selective_scan(rep: Report, device, copy_gbs, quick):
+def bench_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick):
     ss = _kernels().selective_scan
-    s = SCAN_BENCH
+    s = plan.scan_bench
     b, l, d, n = s["batch"], s["length"], s["channels"], s["nstate"]
     inp = _scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
     nbytes = scan_bytes(b, l, d, n)
     ok = rep.correct.get("selective_scan", False)
-    ms = _bench(lambda: ss(**inp, backend="triton"), quick)
+    ms = _bench(lambda: ss(**inp, backend="triton"), quick, plan.smoke)
     gbs = nbytes / (ms * 1e-3) / 1e9
     frac = gbs / copy_gbs
     verdict = ("ok" if frac >= 0.7 else "below 70% target") if ok else "correctness FAILED"
@@ -192,7 +323,7 @@ def bench_selective_scan(rep: Report, device, copy_gbs, quick):
         y = ss(**leaves, backend="triton")
         y.backward(torch.ones_like(y))
 
-    ms_fb = _bench(fwd_bwd, quick)
+    ms_fb = _bench(fwd_bwd, quick, plan.smoke)
     rep.add(f"| selective_scan fwd+bwd bf16 (same shape) | rawseq triton | {ms_fb:.3f} | | |")
 
     def mamba():
@@ -212,11 +343,11 @@ def _sweep_configs():
     return [(32, 16, 16, 8), (32, 8, 16, 4), (16, 16, 16, 4), (32, 4, 16, 4), (64, 8, 16, 8)]
 
 
-def sweep_selective_scan(rep: Report, device, copy_gbs, quick):
+def sweep_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick):
     """Forward speed per block configuration, to tune ``_config`` on this GPU (forward only: no states stored)."""
     sst = importlib.import_module("rawseq.kernels.selective_scan.triton")
     ss = _kernels().selective_scan
-    s = SCAN_BENCH
+    s = plan.scan_bench
     b, l, d, n = s["batch"], s["length"], s["channels"], s["nstate"]
     inp = _scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
     nbytes = scan_bytes(b, l, d, n)
@@ -224,7 +355,7 @@ def sweep_selective_scan(rep: Report, device, copy_gbs, quick):
     try:
         for t, bd, bn, warps in _sweep_configs():
             sst._config = lambda *a, _c=(t, bd, bn, warps), **k: _c
-            ms = _bench(lambda: ss(**inp, backend="triton"), quick)
+            ms = _bench(lambda: ss(**inp, backend="triton"), quick, plan.smoke)
             gbs = nbytes / (ms * 1e-3) / 1e9
             rep.add(f"| selective_scan fwd sweep T={t} BLOCK_D={bd} warps={warps} | rawseq triton | {ms:.3f} | "
                     f"{gbs:.0f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy | |")
@@ -232,14 +363,14 @@ def sweep_selective_scan(rep: Report, device, copy_gbs, quick):
         sst._config = original
 
 
-def bench_conv(rep: Report, device, copy_gbs, quick):
+def bench_conv(rep: Report, device, copy_gbs, plan: Plan, quick):
     conv = _kernels().causal_conv1d
-    c = CONV_BENCH
+    c = plan.conv_bench
     b, l, d, w = c["batch"], c["length"], c["channels"], c["width"]
     x = torch.randn(b, l, d, device=device, dtype=torch.bfloat16)
     wt = torch.randn(d, w, device=device, dtype=torch.bfloat16)
     bias = torch.randn(d, device=device, dtype=torch.bfloat16)
-    ms = _bench(lambda: conv(x, wt, bias, "silu", backend="triton"), quick)
+    ms = _bench(lambda: conv(x, wt, bias, "silu", backend="triton"), quick, plan.smoke)
     gbs = conv_bytes(b, l, d) / (ms * 1e-3) / 1e9
     ok = rep.correct.get("causal_conv1d", False)
     rep.add(f"| causal_conv1d fwd bf16 b={b} l={l} d={d} w={w} | rawseq triton | {ms:.3f} | {gbs:.0f} GB/s = "
@@ -251,7 +382,8 @@ def bench_conv(rep: Report, device, copy_gbs, quick):
         y = conv(xg, wg, bias, "silu", backend="triton")
         y.backward(torch.ones_like(y))
 
-    rep.add(f"| causal_conv1d fwd+bwd bf16 (same shape) | rawseq triton | {_bench(fwd_bwd, quick):.3f} | | |")
+    rep.add(f"| causal_conv1d fwd+bwd bf16 (same shape) | rawseq triton | {_bench(fwd_bwd, quick, plan.smoke):.3f} "
+            f"| | |")
 
     def peer():
         from causal_conv1d import causal_conv1d_fn
@@ -264,9 +396,9 @@ def bench_conv(rep: Report, device, copy_gbs, quick):
     _try(rep, "causal_conv1d fwd | causal_conv1d package", peer)
 
 
-def bench_ssd(rep: Report, device, quick):
+def bench_ssd(rep: Report, device, plan: Plan, quick):
     ssd = _kernels().ssd
-    s = SSD_BENCH
+    s = plan.ssd_bench
     b, l, h, p, n = s["batch"], s["length"], s["heads"], s["headdim"], s["nstate"]
     dtype = torch.bfloat16
     x = torch.randn(b, l, h, p, device=device, dtype=dtype)
@@ -281,7 +413,7 @@ def bench_ssd(rep: Report, device, quick):
         y = ssd(*leaves, backend="triton")
         y.backward(torch.ones_like(y))
 
-    ms = _try(rep, "ssd fwd+bwd | rawseq triton", lambda: _bench(ours, quick))
+    ms = _try(rep, "ssd fwd+bwd | rawseq triton", lambda: _bench(ours, quick, plan.smoke))
     if ms is None:
         return
     rep.add(f"| ssd fwd+bwd bf16 b={b} l={l} h={h} p={p} n={n} | rawseq triton | {ms:.3f} | | "
@@ -295,6 +427,9 @@ def bench_ssd(rep: Report, device, quick):
         k = B.expand(b, l, h, n).contiguous().requires_grad_(True)
         v = (x * delta[..., None].to(dtype)).requires_grad_(True)
         g = (delta * A).requires_grad_(True)
+        with torch.no_grad():  # the same computation: fla's output against ours on these inputs
+            o, _ = chunk_simple_gla(q=q, k=k, v=v, g=g, scale=1.0)
+            same = _rel_err(o, ssd(x, dt, A, B, C, backend="triton"))
 
         def run():
             o, _ = chunk_simple_gla(q=q, k=k, v=v, g=g, scale=1.0)
@@ -302,7 +437,8 @@ def bench_ssd(rep: Report, device, quick):
 
         ms_f = _bench(run, quick)
         verdict = ("rawseq %.2fx (target >= 1.00)" % (ms_f / ms)) if ok else "n/a (rawseq incorrect)"
-        rep.add(f"| ssd fwd+bwd bf16 (same shape) | fla chunk_simple_gla | {ms_f:.3f} | | {verdict} |")
+        rep.add(f"| ssd fwd+bwd bf16 (same shape) | fla chunk_simple_gla | {ms_f:.3f} | outputs differ by "
+                f"{same:.1e} of max | {verdict} |")
 
     _try(rep, "ssd fwd+bwd | fla chunk_simple_gla", fla)
 
@@ -322,6 +458,18 @@ def bench_ssd(rep: Report, device, quick):
     _try(rep, "ssd fwd+bwd | mamba_ssm", mamba2)
 
 
+def _peers() -> str:
+    found = []
+    for module, label in (("fla", "flash-linear-attention"), ("mamba_ssm", "mamba_ssm"),
+                          ("causal_conv1d", "causal_conv1d")):
+        try:
+            mod = importlib.import_module(module)
+            found.append(f"{label} {getattr(mod, '__version__', '?')}")
+        except Exception as e:  # ImportError, or a CUDA extension that fails to load
+            found.append(f"{label} not importable ({type(e).__name__})")
+    return ", ".join(found)
+
+
 def dry_run(out: Path) -> int:
     """CPU-side sanity: arguments, shapes, byte counts and imports."""
     s = SCAN_BENCH
@@ -329,13 +477,16 @@ def dry_run(out: Path) -> int:
     expected = 2 * s["batch"] * s["length"] * (4 * s["channels"] + 2 * s["nstate"])
     assert nbytes == expected, (nbytes, expected)
     assert conv_bytes(1, 2, 3) == 24
-    _kernels()
+    wide = Plan.full(quick=False).wide
+    assert wide["length"] * wide["scan"][0] > 2**31 and wide["split"] * wide["scan"][0] < 2**31
+    kernels = _kernels()
     importlib.import_module("triton")
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = _sweep_configs()
     assert all(t * d * n <= 16384 for t, d, n, _ in configs)
     print(f"dry run ok: output -> {out}; selective scan bench moves {nbytes / 1e9:.2f} GB per forward; "
           f"copy probe {COPY_BYTES / 2**30:.0f} GiB; {len(configs)} sweep configs")
+    print(f"rawseq.kernels from {Path(kernels.__file__).parent}; peers: {_peers()}")
     return 0
 
 
@@ -343,51 +494,72 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?", default="gpu_check.md", help="markdown report path")
     parser.add_argument("--dry-run", action="store_true", help="check arguments and CPU-side logic only")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run every step at tiny shapes on the CPU under TRITON_INTERPRET (no GPU needed)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and correctness cases")
     parser.add_argument("--sweep", action="store_true", help="also time the scan forward over block configurations")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.dry_run:
         return dry_run(out)
-    if not torch.cuda.is_available():
-        print("no CUDA device; use --dry-run on a machine without a GPU", file=sys.stderr)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel module is imported
+        importlib.import_module("rawseq.kernels.common.interpreter").patch_interpreter()
+        device, plan, name = torch.device("cpu"), Plan.tiny(), "CPU smoke run (TRITON_INTERPRET=1, tiny shapes)"
+    elif not torch.cuda.is_available():
+        print("no CUDA device; use --dry-run or --smoke on a machine without a GPU", file=sys.stderr)
         return 2
-    device = torch.device("cuda")
-    rep = Report()
+    else:
+        device, plan = torch.device("cuda"), Plan.full(args.quick)
+        name = torch.cuda.get_device_name(device)
+    rep = Report(out)
     start = time.time()
-    rep.add(f"# rawseq GPU check: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+    rep.add(f"# rawseq GPU check: {name}, torch {torch.__version__}, "
             f"triton {importlib.import_module('triton').__version__}")
+    rep.add()
+    rep.add(f"Peers: {_peers()}.")
     rep.add()
     rep.add("## Correctness against the float64 torch backend (max error / max |reference|)")
     rep.add()
     rep.add("| case | error | status |")
     rep.add("|---|---|---|")
-    for name, fn in (("selective_scan", check_selective_scan), ("causal_conv1d", check_conv), ("ssd", check_ssd)):
+    for key, fn in (("selective_scan", check_selective_scan), ("causal_conv1d", check_conv), ("ssd", check_ssd)):
         try:
-            fn(rep, device, args.quick)
+            fn(rep, device, plan)
         except Exception:
-            rep.correct[name] = False
-            rep.add(f"| {name} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
-    copy_gbs = copy_bandwidth(device, args.quick)
+            rep.correct[key] = False
+            rep.add(f"| {key} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
+    copy_gbs = copy_bandwidth(device, plan, args.quick)
     rep.add()
     rep.add(f"## Speed (do_bench median ms); device copy bandwidth {copy_gbs:.0f} GB/s (read + write of "
-            f"{COPY_BYTES / 2**30:.0f} GiB)")
+            f"{plan.copy_bytes / 2**30:.3g} GiB)")
     rep.add()
     rep.add("| op | implementation | ms | bandwidth | verdict |")
     rep.add("|---|---|---|---|---|")
-    for name, fn in (("selective_scan", lambda: bench_selective_scan(rep, device, copy_gbs, args.quick)),
-                     ("causal_conv1d", lambda: bench_conv(rep, device, copy_gbs, args.quick)),
-                     ("ssd", lambda: bench_ssd(rep, device, args.quick)),
-                     *([("sweep", lambda: sweep_selective_scan(rep, device, copy_gbs, args.quick))]
-                       if args.sweep else [])):
+    for key, fn in (("selective_scan", lambda: bench_selective_scan(rep, device, copy_gbs, plan, args.quick)),
+                    ("causal_conv1d", lambda: bench_conv(rep, device, copy_gbs, plan, args.quick)),
+                    ("ssd", lambda: bench_ssd(rep, device, plan, args.quick)),
+                    *([("sweep", lambda: sweep_selective_scan(rep, device, copy_gbs, plan, args.quick))]
+                      if args.sweep else [])):
         try:
             fn()
         except Exception:
-            rep.add(f"| {name} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | | | |")
+            rep.add(f"| {key} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | | | |")
+    _free(device)
+    rep.add()
+    rep.add("## Tensors of more than 2**31 elements (64-bit offsets), whole sequence against the same sequence cut "
+            "in two and chained through the state; forward and backward (max error / max |whole|)")
+    rep.add()
+    rep.add("| case | error | status |")
+    rep.add("|---|---|---|")
+    try:
+        check_wide(rep, device, plan)
+    except Exception:
+        rep.correct["> 2**31"] = False
+        rep.add(f"| > 2**31 | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
     rep.add()
     rep.add(f"Total {time.time() - start:.0f} s. Correctness: "
             + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in rep.correct.items()))
-    out.write_text("\n".join(rep.lines) + "\n")
     return 0 if all(rep.correct.values()) else 1
 
 

@@ -1,11 +1,35 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU machine (under 8 minutes on one H200): correctness of the Triton kernels at realistic
 # shapes against float64, then do_bench timings against the device copy bandwidth and peer libraries.
-# Usage: benchmarks/gpu_check.sh [OUT.md] [--quick]   (PYTHON=... to pick the interpreter; default: python)
+# Usage: benchmarks/gpu_check.sh [OUT.md] [--quick|--dry-run|--sweep]   (PYTHON=... picks the interpreter;
+# default python3, the one that holds PyTorch on the lent H200 machine)
+#
+# The lent machine is bare and offline: rawseq is not installed there and its registry-only dependencies (soundfile,
+# datasets) are missing, which the kernels do not need. So when `import rawseq.kernels` fails, this stages the
+# package from this checkout into a scratch folder by the same map setup.py installs (kernels/ -> rawseq/kernels,
+# modalities/ -> rawseq/modalities), with no build step. Peer wheels put in .whl/ by benchmarks/peer_wheels.sh
+# (flash-linear-attention's fla-core) are installed into the same folder; carry .whl to the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu_check.md}"
 shift || true
 unset TRITON_INTERPRET
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
-exec timeout 470 "${PYTHON:-python}" benchmarks/gpu_check.py "$out" "$@"
+py="${PYTHON:-python3}"
+site=""
+if ! "$py" -c "import rawseq.kernels" >/dev/null 2>&1; then
+    site="$(mktemp -d)"
+    cp -r rawseq "$site/rawseq"
+    cp -r kernels "$site/rawseq/kernels"
+    cp -r modalities "$site/rawseq/modalities"
+    echo "rawseq staged from this checkout in $site"
+fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+    site="${site:-$(mktemp -d)}"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+    echo "peer wheels installed in $site: $(cd .whl && ls -- *.whl | tr '\n' ' ')"
+fi
+if [ -n "$site" ]; then
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || true
+exec timeout 470 "$py" benchmarks/gpu_check.py "$out" "$@"

@@ -1,11 +1,15 @@
-"""The benchmark scripts that cannot run here in full still start: GPU check's dry run (arguments, shapes and byte
-counts on the CPU), so that a session lent a GPU does not spend its device minutes on a broken script."""
+"""The benchmark scripts that cannot run here in full still start: the GPU check's dry run (arguments, shapes, byte
+counts), its smoke run (every step at tiny shapes under the interpreter) and its shell wrapper on a Python that has
+no rawseq installed, as on the lent GPU machine, so that a session lent a GPU does not spend its device minutes on a
+broken script."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -20,6 +24,41 @@ def test_gpu_check_dry_run(tmp_path):
     assert "dry run ok" in proc.stdout
     # 4 x 16384 x 2048 in bf16: x, dt, z read and y written (2 bytes each), B and C (4 x 16384 x 16) read once.
     assert "1.08 GB per forward" in proc.stdout
+
+
+def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
+    out = tmp_path / "smoke.md"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), str(out), "--smoke"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = out.read_text()
+    assert report == proc.stdout, "the report file holds every printed row"
+    status_rows = [line for line in report.splitlines() if re.match(r"^\| [^|]+ \| [^|]+ \| (ok|FAIL) \|$", line)]
+    assert len(status_rows) == 9 and all(line.endswith("| ok |") for line in status_rows), report
+    speed_rows = [line for line in report.splitlines() if "| rawseq triton |" in line]
+    assert len(speed_rows) == 5, report
+    assert "Correctness: selective_scan ok, causal_conv1d ok, ssd ok, selective_scan > 2**31 ok" in report
+
+
+def test_gpu_check_wrapper_stages_rawseq_on_a_bare_python(tmp_path):
+    """The lent GPU machine has torch and triton but no rawseq install: ``gpu_check.sh`` must stage the package from
+    the checkout. Simulated with ``python -S`` (the editable install's .pth file is not read) and the environment's
+    site-packages on PYTHONPATH."""
+    shim = tmp_path / "bare-python"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHON=str(shim), PYTHONPATH=sysconfig.get_paths()["purelib"])
+    bare = subprocess.run([str(shim), "-c", "import rawseq.kernels"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert bare.returncode != 0, "the simulated bare Python must not see the installed rawseq"
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "gpu.md"), "--dry-run"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "rawseq staged from this checkout in " in proc.stdout and "dry run ok" in proc.stdout
+    staged = proc.stdout.split("rawseq staged from this checkout in ")[1].split()[0]
+    assert f"rawseq.kernels from {staged}/rawseq/kernels" in proc.stdout, proc.stdout
 
 
 def test_gpu_check_rejects_bad_arguments(tmp_path):
