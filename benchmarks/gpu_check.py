@@ -16,6 +16,7 @@ than 2**31 elements per tensor run last for that reason. ``--smoke`` runs the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -78,6 +79,7 @@ class Report:
     path: Path
     lines: list[str] = field(default_factory=list)
     correct: dict[str, bool] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,23 +200,39 @@ def check_conv(rep: Report, device, plan: Plan):
     rep.correct["causal_conv1d"] = ok
 
 
+@contextlib.contextmanager
+def _ssd_tf32():
+    """The SSD's fp32 products on TF32 tensor cores, as after ``torch.set_float32_matmul_precision("high")``, without
+    touching torch's global setting (torch refuses its legacy getter once the two setting APIs were mixed)."""
+    mod = importlib.import_module("rawseq.kernels.ssd.triton")
+    original = mod.tf32_allowed
+    mod.tf32_allowed = lambda: True
+    try:
+        yield
+    finally:
+        mod.tf32_allowed = original
+
+
 def check_ssd(rep: Report, device, plan: Plan):
     ssd = _kernels().ssd
     b, l, h, p, n, g = plan.ssd_case
     inp = _ssd_inputs(b, l, h, p, n, g, torch.float32, device)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
-    y, hf = ssd(**leaves, return_final_state=True, backend="triton")
-    gy, gh = torch.randn_like(y), torch.randn_like(hf)
-    grads = torch.autograd.grad((y * gy).sum() + (hf * gh).sum(), list(leaves.values()))
     ref = {k: v.double().requires_grad_(True) for k, v in inp.items()}
     yr, hr = ssd(**ref, return_final_state=True, backend="torch")
-    grads_ref = torch.autograd.grad((yr * gy.double()).sum() + (hr * gh.double()).sum(), list(ref.values()))
-    errs = {"y": _rel_err(y, yr), "final": _rel_err(hf, hr)}
-    errs.update({"d" + k: _rel_err(a, b_) for k, a, b_ in zip(inp, grads, grads_ref)})
-    worst = max(errs.values())
-    ok = worst < 5e-3
-    rep.add(f"| ssd fp32 b={b} l={l} h={h} p={p} n={n} g={g} | {worst:.2e} ({max(errs, key=errs.get)}) | "
-            f"{'ok' if ok else 'FAIL'} |")
+    gy, gh = torch.randn_like(yr), torch.randn_like(hr)
+    grads_ref = torch.autograd.grad((yr * gy).sum() + (hr * gh).sum(), list(ref.values()))
+    ok = True
+    for products, tol in (("exact fp32", 5e-3), ("TF32", 3e-2)):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
+        with _ssd_tf32() if products == "TF32" else contextlib.nullcontext():
+            y, hf = ssd(**leaves, return_final_state=True, backend="triton")
+            grads = torch.autograd.grad((y * gy.float()).sum() + (hf * gh.float()).sum(), list(leaves.values()))
+        errs = {"y": _rel_err(y, yr), "final": _rel_err(hf, hr)}
+        errs.update({"d" + k: _rel_err(a, b_) for k, a, b_ in zip(inp, grads, grads_ref)})
+        worst = max(errs.values())
+        ok &= worst < tol
+        rep.add(f"| ssd fp32 b={b} l={l} h={h} p={p} n={n} g={g}, {products} products | {worst:.2e} "
+                f"({max(errs, key=errs.get)}) | {'ok' if worst < tol else 'FAIL'} |")
     rep.correct["ssd"] = ok
 
 
@@ -418,6 +436,7 @@ def bench_ssd(rep: Report, device, plan: Plan, quick):
         return
     rep.add(f"| ssd fwd+bwd bf16 b={b} l={l} h={h} p={p} n={n} | rawseq triton | {ms:.3f} | | "
             f"{'ok' if ok else 'correctness FAILED'} |")
+    rep.timings["ssd bf16"] = ms
 
     def fla():
         from fla.ops.simple_gla import chunk_simple_gla
@@ -456,6 +475,30 @@ def bench_ssd(rep: Report, device, plan: Plan, quick):
                 f"{'rawseq %.2fx' % (ms_m / ms) if ok else 'n/a'} |")
 
     _try(rep, "ssd fwd+bwd | mamba_ssm", mamba2)
+
+
+def bench_ssd_fp32(rep: Report, device, plan: Plan, quick):
+    """SSD fwd+bwd on fp32 inputs at the bench shape, exact fp32 products (the default) and TF32 ones (after
+    ``torch.set_float32_matmul_precision("high")``), against the bf16 time: the data for that default."""
+    ssd = _kernels().ssd
+    s = plan.ssd_bench
+    b, l, h, p, n = s["batch"], s["length"], s["heads"], s["headdim"], s["nstate"]
+    leaves = [torch.randn(b, l, h, p, device=device), torch.randn(b, l, h, device=device) * 0.5 - 2,
+              -torch.rand(h, device=device) * 4 - 0.1, torch.randn(b, l, 1, n, device=device),
+              torch.randn(b, l, 1, n, device=device)]
+    leaves = [t.requires_grad_(True) for t in leaves]
+    bf16 = rep.timings.get("ssd bf16")
+
+    def run():
+        y = ssd(*leaves, backend="triton")
+        y.backward(torch.ones_like(y))
+
+    for products in ("exact fp32", "TF32"):
+        with _ssd_tf32() if products == "TF32" else contextlib.nullcontext():
+            ms = _try(rep, f"ssd fwd+bwd fp32 {products} | rawseq triton", lambda: _bench(run, quick, plan.smoke))
+        if ms is not None:
+            rep.add(f"| ssd fwd+bwd fp32 b={b} l={l} h={h} p={p} n={n}, {products} products | rawseq triton | "
+                    f"{ms:.3f} | | {f'{ms / bf16:.2f}x the bf16 time' if bf16 else ''} |")
 
 
 def _peers() -> str:
@@ -557,6 +600,13 @@ def main(argv=None) -> int:
     except Exception:
         rep.correct["> 2**31"] = False
         rep.add(f"| > 2**31 | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
+    _free(device)
+    rep.add()
+    rep.add("## SSD on fp32 inputs: exact products (default) or TF32 (`torch.set_float32_matmul_precision('high')`)")
+    rep.add()
+    rep.add("| op | implementation | ms | | vs bf16 |")
+    rep.add("|---|---|---|---|---|")
+    _try(rep, "ssd fp32", lambda: bench_ssd_fp32(rep, device, plan, args.quick))
     rep.add()
     rep.add(f"Total {time.time() - start:.0f} s. Correctness: "
             + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in rep.correct.items()))

@@ -62,6 +62,18 @@ def num_sms(device: torch.device) -> int:
     return 132
 
 
+def tf32_allowed() -> bool:
+    """Whether float32 ``tl.dot`` may run on TF32 tensor cores: PyTorch's own switch for CUDA matmuls, so the Triton
+    kernels follow the model's Linear layers. True after ``torch.set_float32_matmul_precision("high")``,
+    ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` (or the global ``torch.backends.fp32_precision``), or
+    ``torch.backends.cuda.matmul.allow_tf32 = True`` before torch 2.9; False by default (exact float32)."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch < 2.9: only the legacy flag
+        return bool(matmul.allow_tf32)
+    return precision == "tf32"
+
+
 @triton.jit
 def softplus(x):
     """log(1 + exp(x)), linear above 20 as in every Mamba implementation (and ``torch`` with threshold 20)."""

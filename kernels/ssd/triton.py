@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rawseq.kernels.common.triton_utils import AotVariant, next_pow2, tl_dtype_name
+from rawseq.kernels.common.triton_utils import AotVariant, next_pow2, tf32_allowed, tl_dtype_name
 
 __all__ = ["ssd_step_triton", "ssd_triton"]
 
@@ -64,7 +64,8 @@ def _softplus(v):
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
-    """``tl.dot`` with fp32 accumulation; exact fp32 products (no tf32) when the inputs are fp32."""
+    """``tl.dot`` with fp32 accumulation. fp32 inputs: exact fp32 products with ``IEEE``, else TF32 tensor cores
+    (see ``_ieee``); fp16/bf16 inputs always take tensor cores and ignore ``IEEE``."""
     if IEEE:
         c = tl.dot(a, b, input_precision="ieee")
     else:
@@ -444,6 +445,13 @@ def _blocks(headdim: int, nstate: int) -> tuple[int, int, int]:
     return _BP, max(_BN_SEQ, next_pow2(nstate)), _BN_SEQ
 
 
+def _ieee(dtype: torch.dtype) -> bool:
+    """Exact fp32 products for fp32 inputs unless PyTorch allows TF32 for CUDA matmuls (``tf32_allowed``): the exact
+    path runs the products on CUDA cores, and ptxas gives its chunk-output kernel 32 registers and 23-65 KB of spill
+    traffic (AOT table), where the TF32 one compiles without spills at nstate <= 128. fp16/bf16: no effect."""
+    return dtype == torch.float32 and not tf32_allowed()
+
+
 def _kernel_layout(t: torch.Tensor | None, dim: int = 1, rows: int = _Q) -> torch.Tensor | None:
     """The kernels (and their AOT variants) take the innermost stride as 1, and form the offsets inside a tile (up to
     ``rows - 1`` steps of ``t.stride(dim)`` plus the innermost dimension) in int32; batch, head, row and chunk terms are
@@ -487,7 +495,7 @@ def _ssd_fwd(x, dtf, Af, B, C, Df, z, biasf, dt_softplus, initial_state, seq, re
     groups, nstate = B.shape[2], B.shape[3]
     nchunks = triton.cdiv(length, _Q)
     bp, bn, bn_seq = _blocks(headdim, nstate)
-    ieee = x.dtype == torch.float32
+    ieee = _ieee(x.dtype)
     states = torch.empty(batch, heads, nchunks, headdim, nstate, dtype=x.dtype, device=x.device)
     final = torch.empty(batch, heads, headdim, nstate, dtype=torch.float32, device=x.device)
     y = torch.empty(batch, length, heads, headdim, dtype=x.dtype, device=x.device)
@@ -522,7 +530,7 @@ def _ssd_bwd(gy, gfinal, x, dtf, Af, B, C, Df, z, biasf, dt_softplus, seq, rever
     nchunks = triton.cdiv(length, _Q)
     bp, bn, bn_seq = _blocks(headdim, nstate)
     npb = triton.cdiv(headdim, bp)
-    ieee = x.dtype == torch.float32
+    ieee = _ieee(x.dtype)
     dev = x.device
     gy = _kernel_layout(gy.to(x.dtype))
     adj = torch.empty_like(states)
@@ -695,9 +703,9 @@ def _aot_variant(name, fn, dtype, num_warps, num_stages, fp32_grads=True, **cons
 def _aot_variants() -> list[AotVariant]:
     """Every (kernel, dtype, block sizes) the launchers can choose (see ``_blocks``)."""
     variants = []
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        dname = tl_dtype_name(dtype)
-        ieee = dtype == torch.float32
+    for dtype, ieee in ((torch.float32, True), (torch.float32, False), (torch.float16, False),
+                        (torch.bfloat16, False)):
+        dname = tl_dtype_name(dtype) + ("-tf32" if dtype == torch.float32 and not ieee else "")
         for kind, fn in (("state", _ssd_chunk_state_fwd_kernel), ("adjoint", _ssd_chunk_adjoint_bwd_kernel)):
             variants.append(_aot_variant(f"{kind}-{dname}-Q{_Q}-P{_BP}-N{_BN_SEQ}", fn, dtype, _WARPS[kind],
                                          _STAGES[kind], Q=_Q, BP=_BP, BN=_BN_SEQ, IEEE=ieee))
@@ -709,8 +717,9 @@ def _aot_variants() -> list[AotVariant]:
                     f"bwd-{dname}-Q{_Q}-P{_BP}-N{bn}" + ("" if fp32_grads else "-directBC"), _ssd_chunk_bwd_kernel,
                     dtype, _WARPS["bwd"], _STAGES["bwd"], fp32_grads, Q=_Q, BP=_BP, BN=bn, NB=_BN_SEQ, IEEE=ieee,
                 ))
-            variants.append(_aot_variant(f"step-{dname}-P{_STEP_BP}-N{bn}", _ssd_step_kernel, dtype, _WARPS["step"],
-                                         _STAGES["step"], BP=_STEP_BP, BN=bn))
+            if not dname.endswith("tf32"):  # the step kernel has no products
+                variants.append(_aot_variant(f"step-{dname}-P{_STEP_BP}-N{bn}", _ssd_step_kernel, dtype,
+                                             _WARPS["step"], _STAGES["step"], BP=_STEP_BP, BN=bn))
     return variants
 
 

@@ -170,3 +170,45 @@ def test_ssd_step_public_dispatch_no_optional():
     y_ref = ssd_step_naive(ref_state, *args, dt_softplus=False)
     _close("y", y, y_ref, 1e-5)
     _close("state", state, ref_state, 1e-5)
+
+
+def test_ssd_triton_fp32_takes_tf32_products_when_torch_allows_them(monkeypatch):
+    """fp32 inputs run the TF32 variant (IEEE=False) when PyTorch allows TF32 matmuls; the interpreter's products
+    stay exact, so this checks the variant's code path, not TF32 rounding (that needs a GPU: benchmarks/gpu_check)."""
+    import importlib
+
+    ssd_mod = importlib.import_module("rawseq.kernels.ssd.triton")
+    assert ssd_mod._ieee(torch.float32) and not ssd_mod._ieee(torch.bfloat16)
+    monkeypatch.setattr(ssd_mod, "tf32_allowed", lambda: True)
+    assert not ssd_mod._ieee(torch.float32)
+    _check_against_naive(_inputs(2, 70, 2, 8, 16, 1, torch.float32), torch.float32)
+
+
+_TF32_PROBE = """
+import torch
+from rawseq.kernels.common.triton_utils import tf32_allowed
+print(tf32_allowed(), end=" ")
+{setting}
+print(tf32_allowed())
+"""
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("torch.set_float32_matmul_precision('high')", "False True"),
+    ("torch.set_float32_matmul_precision('highest')", "False False"),
+    ("torch.backends.cuda.matmul.allow_tf32 = True", "False True"),
+    ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "False True"),
+    ("torch.backends.fp32_precision = 'tf32'", "False True"),
+], ids=["legacy-high", "legacy-highest", "allow_tf32", "matmul-fp32_precision", "global-fp32_precision"])
+def test_tf32_allowed_follows_torch_matmul_settings(setting, expected):
+    """In a fresh process each: torch refuses to read its legacy getter once the two APIs were mixed."""
+    import subprocess
+    import sys
+
+    if "fp32_precision" in setting and not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has no fp32_precision")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _TF32_PROBE.format(setting=setting)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == expected
