@@ -4,7 +4,11 @@ Run ``python -m rawseq.kernels.aot`` (add ``--help`` for filters). For each op m
 ``rawseq.kernels.<op>.triton`` with ``<op>`` in ``selective_scan``, ``causal_conv1d``, ``ssd``, it reads the
 module-level list ``AOT_VARIANTS`` and compiles each entry for sm_80 and sm_90 with ``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", arch, 32))``. It prints one row per kernel, variant and arch with registers, spills and
-shared memory, and exits non-zero if any variant fails to compile or an op module fails to import. Registers and
+shared memory, and exits non-zero if any variant fails to compile or an op module fails to import. Each variant is
+compiled twice by default (``--align``): with no alignment assumed (``any``: what the JIT compiles for a view at an
+odd offset) and with the specialization the JIT gives freshly allocated tensors of round shapes (``16``: every
+pointer 16-byte aligned and every stride argument a multiple of 16, ``tt.divisibility`` 16), which is what a GPU
+run of the benchmarks executes; the two can differ in vector widths, registers and spills. Registers and
 spills come from ``cuobjdump -res-usage`` on the cubin (the stack frame, where spills go), or with ``--ptxas`` from
 ``ptxas -v`` on the PTX (spill store + load bytes), both shipped in the triton wheel; else from the metadata.
 
@@ -84,19 +88,31 @@ def _ptxas_stats(ptx: str, arch: int) -> dict[str, int]:
     return stats
 
 
+def alignment_attrs(fn, signature: dict[str, str]) -> dict[tuple[int], list]:
+    """``ASTSource`` attributes for the JIT's specialization of freshly allocated tensors: ``tt.divisibility`` 16 on
+    every pointer and on every stride argument (named ``s_*`` or ``stride*``), keyed by argument position."""
+    attrs = {}
+    for name, ty in signature.items():
+        if ty.startswith("*") or (ty in ("i32", "i64") and name.startswith(("s_", "stride"))):
+            attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 def _compile_one(job):
-    """Compile one (op, variant index, arch); returns a result row. Runs in a worker process."""
-    op, index, arch, use_ptxas = job
+    """Compile one (op, variant index, arch, alignment); returns a result row. Runs in a worker process."""
+    op, index, arch, align, use_ptxas = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     module = importlib.import_module(f"rawseq.kernels.{op}.triton")
     variant = module.AOT_VARIANTS[index]
-    row = {"op": op, "kernel": variant.fn.__name__, "variant": variant.name, "arch": f"sm_{arch}"}
+    row = {"op": op, "kernel": variant.fn.__name__, "variant": variant.name, "arch": f"sm_{arch}", "align": align}
     start = time.perf_counter()
     try:
-        src = ASTSource(fn=variant.fn, signature=dict(variant.signature), constexprs=dict(variant.constexprs))
+        attrs = alignment_attrs(variant.fn, variant.signature) if align == "16" else None
+        src = ASTSource(fn=variant.fn, signature=dict(variant.signature), constexprs=dict(variant.constexprs),
+                        attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
         row["smem"] = int(compiled.metadata.shared)
@@ -141,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ptxas", action="store_true",
                         help="exact spill bytes from ptxas -v (slower) instead of the cubin's stack size")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
+    parser.add_argument("--align", choices=("any", "16", "both"), default="both",
+                        help="pointer/stride alignment assumed: none, 16 (the JIT's usual case) or both (default)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("TRITON_INTERPRET=1 replaces the jit functions; unset it to compile", file=sys.stderr)
@@ -152,7 +170,8 @@ def main(argv=None) -> int:
         modules = {op: importlib.import_module(f"rawseq.kernels.{op}.triton") for op in {op for op, _ in pairs}}
         pairs = [(op, i) for op, i in pairs if pattern.search(
             f"{modules[op].AOT_VARIANTS[i].fn.__name__}/{modules[op].AOT_VARIANTS[i].name}")]
-    jobs = [(op, i, arch, args.ptxas) for op, i in pairs for arch in args.arch]
+    aligns = ("any", "16") if args.align == "both" else (args.align,)
+    jobs = [(op, i, arch, align, args.ptxas) for op, i in pairs for arch in args.arch for align in aligns]
     start = time.perf_counter()
     if args.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -160,7 +179,8 @@ def main(argv=None) -> int:
     else:
         rows = [_compile_one(job) for job in jobs]
 
-    header = f"{'op':<15} {'kernel':<40} {'variant':<44} {'arch':<6} {'regs':>5} {'spill':>6} {'smem':>7}  status"
+    header = (f"{'op':<15} {'kernel':<40} {'variant':<44} {'arch':<6} {'align':<5} {'regs':>5} {'spill':>6} "
+              f"{'smem':>7}  status")
     print(header)
     print("-" * len(header))
     failed = 0
@@ -168,7 +188,7 @@ def main(argv=None) -> int:
         status = "ok" if row["ok"] else "FAIL " + row["error"]
         failed += not row["ok"]
         spill = row.get("spill")
-        print(f"{row['op']:<15} {row['kernel']:<40} {row['variant']:<44} {row['arch']:<6} "
+        print(f"{row['op']:<15} {row['kernel']:<40} {row['variant']:<44} {row['arch']:<6} {row['align']:<5} "
               f"{_fmt(row.get('regs')):>5} {_fmt(spill):>6} {_fmt(row.get('smem')):>7}  {status}")
     for err in errors:
         print("ERROR", err)

@@ -23,7 +23,22 @@ def test_aot_compiles_a_subset():
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("selective_scan", "causal_conv1d"))]
     assert rows and all(line.rstrip().endswith("ok") for line in rows), proc.stdout
     assert any("sm_80" in line for line in rows) and any("sm_90" in line for line in rows)
-    assert all(line.split()[4].isdigit() for line in rows), "registers missing from the report"
+    assert {line.split()[4] for line in rows} == {"any", "16"}, "both alignments, by default"
+    assert all(line.split()[5].isdigit() for line in rows), "registers missing from the report"
+
+
+def test_alignment_attrs_mark_pointers_and_strides():
+    import importlib
+
+    from rawseq.kernels.aot import alignment_attrs
+
+    module = importlib.import_module("rawseq.kernels.ssd.triton")
+    variant = next(v for v in module.AOT_VARIANTS if v.name.startswith("out-bf16"))
+    attrs = alignment_attrs(variant.fn, variant.signature)
+    marked = {variant.fn.arg_names[i] for (i,) in attrs}
+    assert {"x_ptr", "y_ptr", "s_x_b", "s_x_l"} <= marked
+    assert not marked & {"L", "NC", "H", "Q", "s_x_p"}  # sizes, constexprs and unit strides stay unmarked
+    assert all(v == [["tt.divisibility", 16]] for v in attrs.values())
 
 
 def test_aot_refuses_under_interpreter():
