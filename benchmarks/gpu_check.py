@@ -2,15 +2,17 @@
 and against peer implementations (flash-linear-attention, mamba_ssm, causal_conv1d) when they are importable, then
 tensors of more than 2**31 elements.
 
-    python benchmarks/gpu_check.py [OUT.md] [--quick] [--sweep]
+    python benchmarks/gpu_check.py [OUT.md] [--quick] [--no-sweep] [--budget S]
     python benchmarks/gpu_check.py [OUT.md] --dry-run     # CPU: arguments, byte counts, imports
     python benchmarks/gpu_check.py [OUT.md] --smoke       # CPU: every step at tiny shapes under TRITON_INTERPRET
 
 Correctness compares against the ``torch`` backend in float64 (the naive loop is too slow at these lengths). A
 benchmark row whose op failed its correctness check reports no speed ratio. The report is written line by line, so
 a crash (an illegal memory access ends the CUDA context) keeps what came before it; the checks that allocate more
-than 2**31 elements per tensor run last for that reason. ``--smoke`` runs the same code at tiny shapes on the CPU
-(timings meaningless), so that a session lent a GPU does not spend its minutes on a broken script.
+than 2**31 elements per tensor run after the timings for that reason. Tuning sweeps (block sizes of the scan
+forward, warps and stages of the SSD kernels) fill the time left until ``--budget``. ``--smoke`` runs the same code
+at tiny shapes on the CPU (timings meaningless), so that a session lent a GPU does not spend its minutes on a
+broken script.
 """
 
 from __future__ import annotations
@@ -361,7 +363,7 @@ def _sweep_configs():
     return [(32, 16, 16, 8), (32, 8, 16, 4), (16, 16, 16, 4), (32, 4, 16, 4), (64, 8, 16, 8)]
 
 
-def sweep_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick):
+def sweep_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick, deadline: float):
     """Forward speed per block configuration, to tune ``_config`` on this GPU (forward only: no states stored)."""
     sst = importlib.import_module("rawseq.kernels.selective_scan.triton")
     ss = _kernels().selective_scan
@@ -372,6 +374,9 @@ def sweep_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick):
     original = sst._config
     try:
         for t, bd, bn, warps in _sweep_configs():
+            if time.time() > deadline:
+                rep.add(f"| selective_scan fwd sweep T={t} BLOCK_D={bd} warps={warps} | skipped: time budget | | | |")
+                continue
             sst._config = lambda *a, _c=(t, bd, bn, warps), **k: _c
             ms = _bench(lambda: ss(**inp, backend="triton"), quick, plan.smoke)
             gbs = nbytes / (ms * 1e-3) / 1e9
@@ -379,6 +384,42 @@ def sweep_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick):
                     f"{gbs:.0f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy | |")
     finally:
         sst._config = original
+
+
+def _ssd_sweep_configs():
+    """(num_warps of the output kernel, of the gradient kernel, num_stages of the gradient kernel), current first."""
+    return [(8, 8, 1), (4, 4, 1), (8, 4, 1), (4, 8, 1), (8, 8, 2)]
+
+
+def sweep_ssd(rep: Report, device, plan: Plan, quick, deadline: float):
+    """SSD fwd+bwd (bf16, bench shape) per launch configuration of its two chunk-parallel kernels, to tune
+    ``_WARPS``/``_STAGES`` in ``rawseq.kernels.ssd.triton`` on this GPU (each configuration compiles anew)."""
+    mod = importlib.import_module("rawseq.kernels.ssd.triton")
+    ssd = _kernels().ssd
+    s = plan.ssd_bench
+    b, l, h, p, n = s["batch"], s["length"], s["heads"], s["headdim"], s["nstate"]
+    inp = _ssd_inputs(b, l, h, p, n, 1, torch.bfloat16, device)
+    leaves = [inp[k].detach().requires_grad_(True) for k in ("x", "dt", "A", "B", "C")]
+
+    def run():
+        y = ssd(*leaves, backend="triton")
+        y.backward(torch.ones_like(y))
+
+    warps, stages = dict(mod._WARPS), dict(mod._STAGES)
+    try:
+        for out_w, bwd_w, bwd_s in _ssd_sweep_configs():
+            label = f"ssd fwd+bwd sweep out warps={out_w}, bwd warps={bwd_w} stages={bwd_s}"
+            if time.time() > deadline:
+                rep.add(f"| {label} | skipped: time budget | | | |")
+                continue
+            mod._WARPS.update(out=out_w, bwd=bwd_w)
+            mod._STAGES.update(bwd=bwd_s)
+            ms = _try(rep, label, lambda: _bench(run, quick, plan.smoke))
+            if ms is not None:
+                rep.add(f"| {label} | rawseq triton | {ms:.3f} | | |")
+    finally:
+        mod._WARPS.update(warps)
+        mod._STAGES.update(stages)
 
 
 def bench_conv(rep: Report, device, copy_gbs, plan: Plan, quick):
@@ -540,7 +581,11 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="run every step at tiny shapes on the CPU under TRITON_INTERPRET (no GPU needed)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and correctness cases")
-    parser.add_argument("--sweep", action="store_true", help="also time the scan forward over block configurations")
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="skip the tuning sweeps that otherwise fill the time left of --budget")
+    parser.add_argument("--budget", type=float, default=400.0,
+                        help="seconds after which the sweeps stop starting new configurations (default 400; "
+                             "gpu_check.sh stops everything at 470)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.dry_run:
@@ -581,9 +626,7 @@ def main(argv=None) -> int:
     rep.add("|---|---|---|---|---|")
     for key, fn in (("selective_scan", lambda: bench_selective_scan(rep, device, copy_gbs, plan, args.quick)),
                     ("causal_conv1d", lambda: bench_conv(rep, device, copy_gbs, plan, args.quick)),
-                    ("ssd", lambda: bench_ssd(rep, device, plan, args.quick)),
-                    *([("sweep", lambda: sweep_selective_scan(rep, device, copy_gbs, plan, args.quick))]
-                      if args.sweep else [])):
+                    ("ssd", lambda: bench_ssd(rep, device, plan, args.quick))):
         try:
             fn()
         except Exception:
@@ -607,6 +650,17 @@ def main(argv=None) -> int:
     rep.add("| op | implementation | ms | | vs bf16 |")
     rep.add("|---|---|---|---|---|")
     _try(rep, "ssd fp32", lambda: bench_ssd_fp32(rep, device, plan, args.quick))
+    if not args.no_sweep:
+        deadline = start + args.budget
+        rep.add()
+        rep.add(f"## Tuning sweeps (each configuration starts only before {args.budget:.0f} s)")
+        rep.add()
+        rep.add("| op | implementation | ms | bandwidth | |")
+        rep.add("|---|---|---|---|---|")
+        _try(rep, "selective_scan sweep", lambda: sweep_selective_scan(rep, device, copy_gbs, plan, args.quick,
+                                                                       deadline))
+        _free(device)
+        _try(rep, "ssd sweep", lambda: sweep_ssd(rep, device, plan, args.quick, deadline))
     rep.add()
     rep.add(f"Total {time.time() - start:.0f} s. Correctness: "
             + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in rep.correct.items()))

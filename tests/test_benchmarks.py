@@ -37,7 +37,7 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     status_rows = [line for line in report.splitlines() if re.match(r"^\| [^|]+ \| [^|]+ \| (ok|FAIL) \|$", line)]
     assert len(status_rows) == 10 and all(line.endswith("| ok |") for line in status_rows), report
     speed_rows = [line for line in report.splitlines() if "| rawseq triton |" in line]
-    assert len(speed_rows) == 7, report
+    assert len(speed_rows) == 7 + 10, report  # 7 timings, then 5 + 5 sweep configurations
     assert "Correctness: selective_scan ok, causal_conv1d ok, ssd ok, selective_scan > 2**31 ok" in report
 
 
