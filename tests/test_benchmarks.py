@@ -15,11 +15,15 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_gpu_check_dry_run(tmp_path):
-    out = tmp_path / "gpu.md"
+def _gpu_check(*args, timeout=300):
+    """``gpu_check.py`` in a fresh process without TRITON_INTERPRET (``--smoke`` sets it itself)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), str(out), "--dry-run"],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_gpu_check_dry_run(tmp_path):
+    proc = _gpu_check(tmp_path / "gpu.md", "--dry-run")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "dry run ok" in proc.stdout
     # 4 x 16384 x 2048 in bf16: x, dt, z read and y written (2 bytes each), B and C (4 x 16384 x 16) read once.
@@ -28,9 +32,7 @@ def test_gpu_check_dry_run(tmp_path):
 
 def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     out = tmp_path / "smoke.md"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), str(out), "--smoke"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = _gpu_check(out, "--smoke", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = out.read_text()
     assert report == proc.stdout, "the report file holds every printed row"
@@ -62,8 +64,7 @@ def test_gpu_check_wrapper_stages_rawseq_on_a_bare_python(tmp_path):
 
 
 def test_gpu_check_rejects_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--no-such-flag"],
-                          capture_output=True, text=True, timeout=300)
+    proc = _gpu_check("--no-such-flag")
     assert proc.returncode != 0
     assert "--no-such-flag" in proc.stderr
 

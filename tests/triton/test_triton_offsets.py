@@ -145,45 +145,34 @@ def _far_states(shape, dtype):
     return state, state.clone()
 
 
-def test_decode_steps_update_far_states_in_place():
-    gen = torch.Generator().manual_seed(11)
+def _step_case(op: str, gen: torch.Generator):
+    """(step function, state shape without batch, arguments) for a batch of 3 streams."""
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-
-    d, n = 8, 4
-    far, near = _far_states((d, n), torch.float32)
-    args = dict(x=r(3, d), dt=r(3, d) * 0.5 - 1, A=-torch.rand(d, n, generator=gen) - 0.2, B=r(3, 1, n),
-                C=r(3, 1, n), D=r(d), z=r(3, d), dt_bias=r(d) * 0.3)
-    ref = far.double()
-    y_ref = selective_scan_step(ref, **{k: v.double() for k, v in args.items()}, backend="naive")
-    y_far = selective_scan_step(far, **args, backend="triton")
-    _same("selective_scan_step y", y_far, selective_scan_step(near, **args, backend="triton"))
-    _same("selective_scan_step state", far, near)
-    _close("selective_scan_step state", far, ref, 1e-5)
-    _close("selective_scan_step y", y_far, y_ref, 1e-4)
-
-    h, p, n = 2, 4, 8
-    far, near = _far_states((h, p, n), torch.float32)
-    args = dict(x=r(3, h, p), dt=r(3, h) * 0.5 - 1, A=-torch.rand(h, generator=gen) - 0.2, B=r(3, 1, n),
-                C=r(3, 1, n), D=r(h), z=r(3, h, p), dt_bias=r(h) * 0.3)
-    ref = far.double()
-    y_ref = ssd_step(ref, **{k: v.double() for k, v in args.items()}, backend="naive")
-    y_far = ssd_step(far, **args, backend="triton")
-    _same("ssd_step y", y_far, ssd_step(near, **args, backend="triton"))
-    _same("ssd_step state", far, near)
-    _close("ssd_step state", far, ref, 1e-5)
-    _close("ssd_step y", y_far, y_ref, 1e-4)
-
+    if op == "selective_scan_step":
+        d, n = 8, 4
+        return selective_scan_step, (d, n), dict(
+            x=r(3, d), dt=r(3, d) * 0.5 - 1, A=-torch.rand(d, n, generator=gen) - 0.2, B=r(3, 1, n), C=r(3, 1, n),
+            D=r(d), z=r(3, d), dt_bias=r(d) * 0.3)
+    if op == "ssd_step":
+        h, p, n = 2, 4, 8
+        return ssd_step, (h, p, n), dict(
+            x=r(3, h, p), dt=r(3, h) * 0.5 - 1, A=-torch.rand(h, generator=gen) - 0.2, B=r(3, 1, n), C=r(3, 1, n),
+            D=r(h), z=r(3, h, p), dt_bias=r(h) * 0.3)
     d, w = 8, 4
-    far, near = _far_states((d, w - 1), torch.float32)
-    args = dict(x=r(3, d), weight=r(d, w), bias=r(d), activation="silu")
+    return causal_conv1d_step, (d, w - 1), dict(x=r(3, d), weight=r(d, w), bias=r(d), activation="silu")
+
+
+@pytest.mark.parametrize("op", ["selective_scan_step", "ssd_step", "causal_conv1d_step"])
+def test_decode_step_updates_a_far_state_in_place(op):
+    step, shape, args = _step_case(op, torch.Generator().manual_seed(11))
+    far, near = _far_states(shape, torch.float32)
     ref = far.double()
-    y_ref = causal_conv1d_step(ref, **{k: v.double() if torch.is_tensor(v) else v for k, v in args.items()},
-                               backend="naive")
-    y_far = causal_conv1d_step(far, **args, backend="triton")
-    _same("causal_conv1d_step y", y_far, causal_conv1d_step(near, **args, backend="triton"))
-    _same("causal_conv1d_step state", far, near)
-    _close("causal_conv1d_step state", far, ref, 1e-6)
-    _close("causal_conv1d_step y", y_far, y_ref, 1e-5)
+    y_ref = step(ref, **{k: v.double() if torch.is_tensor(v) else v for k, v in args.items()}, backend="naive")
+    y_far = step(far, **args, backend="triton")
+    _same(f"{op} y", y_far, step(near, **args, backend="triton"))
+    _same(f"{op} state", far, near)
+    _close(f"{op} state", far, ref, 1e-5)
+    _close(f"{op} y", y_far, y_ref, 1e-4)
 
 
 def test_ssd_refuses_positions_too_wide_for_int32_chunk_offsets():
