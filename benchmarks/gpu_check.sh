@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One prepared command for a GPU machine (under 8 minutes on one H200): correctness of the Triton kernels at realistic
-# shapes against float64, then do_bench timings against the device copy bandwidth and peer libraries.
-# Usage: benchmarks/gpu_check.sh [OUT.md] [--quick|--dry-run|--sweep]   (PYTHON=... picks the interpreter;
-# default python3, the one that holds PyTorch on the lent H200 machine)
+# One prepared command for a GPU machine (stopped at 470 s; the sweeps stop starting at 400): correctness of the
+# Triton kernels at realistic shapes against float64, then do_bench timings against the device copy bandwidth and
+# peer libraries, tensors past 2**31 elements, and tuning sweeps.
+# Usage: benchmarks/gpu_check.sh [OUT.md] [--quick|--no-sweep|--budget S|--dry-run|--smoke]
+# PYTHON=... picks the interpreter; default python3, the one that holds PyTorch on the lent H200 machine.
 #
 # The lent machine is bare and offline: rawseq is not installed there and its registry-only dependencies (soundfile,
 # datasets) are missing, which the kernels do not need. So when `import rawseq.kernels` fails, this stages the
