@@ -1,7 +1,8 @@
-"""Corpus build speed: text bytes into the cache (MB/s) and audio files decoded, resampled and quantised (files/s).
+"""Corpus build speed: text bytes into the cache (MB/s), audio files decoded, resampled and quantised (files/s), and
+one long recording streamed block by block (seconds of audio per second, and the memory it took).
 
-    python benchmarks/corpus_build.py                 # ~256 MB of text, 200 audio files; about a minute
-    python benchmarks/corpus_build.py --text-mb 64 --audio-files 50
+    python benchmarks/corpus_build.py                 # ~256 MB of text, 200 audio files, 30 min of audio; ~2 min
+    python benchmarks/corpus_build.py --text-mb 64 --audio-files 50 --long-minutes 5
 
 Inputs are generated locally (Python standard-library sources for text, sine mixtures for audio), nothing is
 downloaded. Every row is checked against its inputs before it is printed; a row whose check fails reports FAILED
@@ -11,10 +12,13 @@ instead of a speed. A plain file copy of the same bytes runs alongside as the ce
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -146,6 +150,63 @@ def bench_audio(work: Path, n: int, seconds: float, rate: int, workers: int) -> 
     return rows
 
 
+_LONG_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from rawseq.modalities import ByteCorpus
+
+    def memory(key):  # MB, from /proc/self/status: VmRSS now, VmHWM the peak since the last reset
+        return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith(key)) / 1024
+
+    def build(path, cache, **kw):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak, so it measures this build alone
+        before = memory("VmRSS:")
+        t0 = time.perf_counter()
+        corpus = ByteCorpus.build(path, cache, rebuild=True, **kw)
+        return corpus, time.perf_counter() - t0, memory("VmHWM:") - before
+
+    warm, path, cache = sys.argv[1:4]
+    _, _, short = build(warm, cache + "-warm")
+    corpus, seconds, long = build(path, cache, sample_rate=16000)
+    print(json.dumps({"seconds": seconds, "short_mb": short, "long_mb": long,
+                      "symbols": int(corpus.num_symbols), "head": corpus.symbols[: 16000 * 10].tolist()}))
+""")
+
+
+
+
+def _tone(start: int, n: int, rate: int) -> np.ndarray:
+    t = (start + np.arange(n)) / rate
+    return (0.3 * np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 331 * t)], 1)).astype(np.float32)
+
+
+def bench_long_audio(work: Path, minutes: float, rate: int = 44100) -> list[tuple[str, str, str]]:
+    """One long stereo recording into a 16 kHz mono mulaw8 corpus, in a fresh process so its peak memory is its own
+    (measured with Linux's resettable peak RSS)."""
+    frames = int(minutes * 60 * rate)
+    path, warm = work / "long.flac", work / "warm.flac"
+    sf.write(warm, _tone(0, rate, rate), rate, format="FLAC", subtype="PCM_16")
+    with sf.SoundFile(path, "w", rate, 2, format="FLAC", subtype="PCM_16") as f:
+        for start in range(0, frames, 1 << 20):
+            f.write(_tone(start, min(1 << 20, frames - start), rate))
+    proc = subprocess.run([sys.executable, "-c", _LONG_SCRIPT, str(warm), str(path), str(work / "cache_long")],
+                          capture_output=True, text=True)
+    name = f"audio: one {minutes:g} min stereo {rate} Hz FLAC -> 16 kHz mono mulaw8, streamed"
+    if proc.returncode:
+        return [(name, "FAILED: " + proc.stderr.strip().splitlines()[-1], "-")]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Check: the symbol count, and the first 10 s against whole-signal processing of the file's first 11 s.
+    head = sf.read(path, frames=11 * rate, dtype="float32", always_2d=True)[0]
+    whole = audio.encode(audio.resample(torch.from_numpy(head.T.copy()).mean(0, keepdim=True), rate, 16000))
+    diff = np.abs(np.asarray(out["head"]) - whole[: 16000 * 10].numpy().astype(np.int64))
+    ok = out["symbols"] == -(-frames * 16000 // rate) and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    naive_mb = frames * 2 * 4 / 2**20
+    speed = f"{minutes * 60 / out['seconds']:,.0f} s audio/s" if ok else "FAILED check"
+    memory = (f"peak RSS growth {out['long_mb']:,.0f} MB (a 1 s file: {out['short_mb']:,.0f} MB; "
+              f"the recording decoded whole: {naive_mb:,.0f} MB)")
+    return [(name, speed, f"{out['seconds']:.2f} s, {memory}")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text-mb", type=int, default=256)
@@ -154,12 +215,15 @@ def main() -> None:
     parser.add_argument("--audio-seconds", type=float, default=2.0)
     parser.add_argument("--audio-rate", type=int, default=44100)
     parser.add_argument("--audio-workers", type=int, default=0, help="num_workers for the audio builds")
+    parser.add_argument("--long-minutes", type=float, default=30.0, help="length of the streamed recording (0: skip)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rawseq-bench-", dir=args.workdir))
     try:
         rows = bench_text(root, args.text_mb, args.text_files)
         rows += bench_audio(root, args.audio_files, args.audio_seconds, args.audio_rate, args.audio_workers)
+        if args.long_minutes > 0:
+            rows += bench_long_audio(root, args.long_minutes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     width = max(len(r[0]) for r in rows)

@@ -2,7 +2,8 @@
 interleaved.
 
 Codecs are imported by module (``rawseq.modalities.text``, ``.audio``, ``.image``, ``.multimodal``); the
-corpus and window classes and the error type are re-exported here.
+corpus and window classes, the window rule, the error type and the two shared constants (``N_SYMBOLS``,
+``IGNORE_INDEX``) are re-exported here.
 
 The encoders (``AudioEncoder``, ``ImageEncoder``, ``TextEncoder``, ``Encoder``, ``EncoderConfig``,
 ``ClassificationHead``) are models, defined in :mod:`rawseq.models.encoders`; they are importable from here for
@@ -14,7 +15,8 @@ from __future__ import annotations
 from . import audio, image, multimodal, text
 from .corpus import ByteCorpus, CorpusView, split
 from .errors import DecodeError
-from .windows import RandomWindows, SequentialWindows
+from .symbols import IGNORE_INDEX, N_SYMBOLS
+from .windows import RandomWindows, SequentialWindows, read_window
 
 _ENCODERS = ("AudioEncoder", "ClassificationHead", "Encoder", "EncoderConfig", "ImageEncoder", "TextEncoder")
 
@@ -37,11 +39,14 @@ __all__ = [
     "TextEncoder",
     "CorpusView",
     "DecodeError",
+    "IGNORE_INDEX",
+    "N_SYMBOLS",
     "RandomWindows",
     "SequentialWindows",
     "audio",
     "image",
     "multimodal",
+    "read_window",
     "split",
     "text",
 ]

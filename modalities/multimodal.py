@@ -26,16 +26,17 @@ import torch
 from . import audio as _audio
 from . import image as _image
 from .errors import DecodeError
+from .symbols import N_SYMBOLS
 
-BOS = 256
-EOS = 257
-PAD = 258
-TEXT = 259
-AUDIO = 260
-IMAGE = 261
-END = 262
+BOS = N_SYMBOLS
+EOS = N_SYMBOLS + 1
+PAD = N_SYMBOLS + 2
+TEXT = N_SYMBOLS + 3
+AUDIO = N_SYMBOLS + 4
+IMAGE = N_SYMBOLS + 5
+END = N_SYMBOLS + 6
 NUM_SPECIAL = 7
-VOCAB_SIZE = 256 + NUM_SPECIAL
+VOCAB_SIZE = N_SYMBOLS + NUM_SPECIAL
 SPECIAL_NAMES = {BOS: "BOS", EOS: "EOS", PAD: "PAD", TEXT: "TEXT", AUDIO: "AUDIO", IMAGE: "IMAGE", END: "END"}
 
 AUDIO_CODEC_IDS = {"mulaw8": 0, "linear8": 1, "pcm16": 2}
@@ -80,6 +81,22 @@ class ImageSegment:
 Segment = TextSegment | AudioSegment | ImageSegment
 
 
+def audio_header(channels: int, sample_rate: int, codec: str) -> bytes:
+    """The 5 header bytes of an audio segment: codec id, channels, rate (3 bytes, big-endian).
+
+    Raises:
+        ValueError: channels outside 1..255, a rate outside 1..16 777 215 Hz or an unknown codec.
+    """
+    rate = int(sample_rate)
+    if not 1 <= channels < N_SYMBOLS:  # one header byte
+        raise ValueError(f"audio segment needs 1..{N_SYMBOLS - 1} channels, got {channels}")
+    if not 1 <= rate <= _MAX_RATE:
+        raise ValueError(f"sample rate must be in 1..{_MAX_RATE}, got {rate}")
+    if codec not in AUDIO_CODEC_IDS:
+        raise ValueError(f"unknown audio codec {codec!r}")
+    return bytes([AUDIO_CODEC_IDS[codec], channels]) + rate.to_bytes(3, "big")
+
+
 def _segment_array(segment: Segment | str | bytes) -> np.ndarray:
     if isinstance(segment, (str, bytes, bytearray)):
         segment = TextSegment(segment.encode("utf-8") if isinstance(segment, str) else bytes(segment))
@@ -89,14 +106,7 @@ def _segment_array(segment: Segment | str | bytes) -> np.ndarray:
     elif isinstance(segment, AudioSegment):
         w = torch.as_tensor(segment.waveform)
         w = w.unsqueeze(0) if w.dim() == 1 else w
-        channels, rate = w.shape[0], int(segment.sample_rate)
-        if not 1 <= channels <= 255:
-            raise ValueError(f"audio segment needs 1..255 channels, got {channels}")
-        if not 1 <= rate <= _MAX_RATE:
-            raise ValueError(f"sample rate must be in 1..{_MAX_RATE}, got {rate}")
-        if segment.codec not in AUDIO_CODEC_IDS:
-            raise ValueError(f"unknown audio codec {segment.codec!r}")
-        header = bytes([AUDIO_CODEC_IDS[segment.codec], channels]) + rate.to_bytes(3, "big")
+        header = audio_header(w.shape[0], segment.sample_rate, segment.codec)
         payload = _audio.encode(w, segment.codec).numpy()
         marker = AUDIO
     elif isinstance(segment, ImageSegment):
@@ -143,7 +153,7 @@ def _parse(ids: np.ndarray) -> tuple[list[Segment], list[str]]:
     segments: list[Segment] = []
     problems: list[str] = []
     n = ids.size
-    special = np.flatnonzero(ids >= 256)
+    special = np.flatnonzero(ids >= N_SYMBOLS)
     # The sequence may end in PAD (a padded batch); a segment that runs into that tail was cut off, not
     # malformed.
     tail = n

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from ._io import as_byte_array, read_file, to_uint8_tensor
+from ._io import as_byte_array, read_file, to_uint8_tensor, uint8_symbols
 
 
 def encode(data: str | bytes | bytearray | memoryview) -> torch.Tensor:
@@ -52,3 +52,25 @@ def load(path: str | os.PathLike) -> torch.Tensor:
         DecodeError: the path is missing, a directory, unreadable or a zero-length file.
     """
     return to_uint8_tensor(read_file(path))
+
+
+def to_symbols(item: str | bytes | bytearray | memoryview | os.PathLike | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Any supported text input -> 1-D uint8 symbols.
+
+    Args:
+        item: a ``str`` (its UTF-8 bytes; a ``str`` is always text, never a path), bytes, a ``pathlib.Path`` or
+            other ``os.PathLike`` (the file's raw bytes), or 1-D uint8 symbols (returned as they are).
+
+    Returns:
+        uint8 tensor ``(n,)``.
+
+    Raises:
+        DecodeError: a path that cannot be read. ValueError: uint8 symbols that are not 1-D. TypeError: any other
+            kind of input.
+    """
+    symbols = uint8_symbols(item, "text symbols")
+    if symbols is not None:
+        return symbols
+    if isinstance(item, os.PathLike):
+        return load(item)
+    return encode(item)

@@ -10,8 +10,9 @@ Every window is a dict of tensors:
 - ``seq_idx``: int32 ``(seq_len,)``, which document each input position belongs to, counted from 0 in the
   window (non-decreasing); a model resets its state where it increases.
 
-A window is a pure function of (corpus, seq_len, seed, window number), so any number of DataLoader workers
-produce the same stream and a run resumes by setting ``position``.
+:func:`read_window` is that rule, in one place; the training loop's stateful streams use it too. A window is a
+pure function of (corpus, seq_len, seed, window number), so any number of DataLoader workers produce the same
+stream and a run resumes by setting ``position``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,41 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .multimodal import PAD
+from .symbols import IGNORE_INDEX
 
 
-def _window(source: Any, start: int, seq_len: int, ignore_index: int, pad_id: int) -> dict[str, torch.Tensor]:
+def read_window(
+    source: Any,
+    start: int,
+    seq_len: int,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    pad_id: int = PAD,
+    continues: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The window of ``seq_len`` positions from symbol ``start`` of ``source``: the one place the window rule lives.
+
+    Args:
+        source: anything with ``num_symbols`` and ``read(start, stop) -> (ids, docs)`` (a ``ByteCorpus`` or
+            ``CorpusView``).
+        start: first input position, ``0 <= start < num_symbols - 1``.
+        seq_len: positions in the window. Past the end of ``source`` the window is padded: ``pad_id`` inputs,
+            ``ignore_index`` targets and a document of their own in ``seq_idx``.
+        ignore_index: target of a position whose next symbol starts another document (or is padding).
+        pad_id: input id of padding.
+        continues: also return ``continues``, whether position ``start`` belongs to the same document as
+            position ``start - 1`` (False at 0), so a model carrying state from the previous window keeps it.
+
+    Returns:
+        ``input_ids`` int64 ``(seq_len,)``, ``targets`` int64 ``(seq_len,)``, ``seq_idx`` int32 ``(seq_len,)``
+        (documents counted from 0 in the window) and, when asked, ``continues`` bool ``()``.
+    """
+    lo = start - 1 if continues and start > 0 else start
     stop = min(start + seq_len + 1, source.num_symbols)
-    ids, docs = source.read(start, stop)
-    n = ids.size - 1  # real (input, target) pairs; fewer than seq_len only in a last sequential window
+    ids, docs = source.read(lo, stop)
+    previous = docs[0] if lo < start else None
+    ids, docs = ids[start - lo :], docs[start - lo :]
+    n = ids.size - 1  # real (input, target) pairs; fewer than seq_len only at the end of the source
     input_ids = np.full(seq_len, pad_id, dtype=np.int64)
     targets = np.full(seq_len, ignore_index, dtype=np.int64)
     seq_idx = np.empty(seq_len, dtype=np.int32)
@@ -37,11 +67,14 @@ def _window(source: Any, start: int, seq_len: int, ignore_index: int, pad_id: in
     seq_idx[:n] = docs[:-1] - docs[0]
     # Padding forms its own document so a model's state never carries into or out of it.
     seq_idx[n:] = (seq_idx[n - 1] + 1) if n > 0 else 0
-    return {
+    out = {
         "input_ids": torch.from_numpy(input_ids),
         "targets": torch.from_numpy(targets),
         "seq_idx": torch.from_numpy(seq_idx),
     }
+    if continues:
+        out["continues"] = torch.tensor(previous is not None and previous == docs[0])
+    return out
 
 
 def _worker_shard() -> tuple[int, int]:
@@ -137,7 +170,7 @@ class RandomWindows(_Windows):
         num_windows: int | None = None,
         position: int = 0,
         batch_size: int = 1,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
@@ -162,7 +195,7 @@ class RandomWindows(_Windows):
         """Window ``k >= 0``: ``input_ids``/``targets`` int64 ``(seq_len,)``, ``seq_idx`` int32."""
         if k < 0:
             raise IndexError(f"window {k} < 0")
-        return _window(self._source, self.start_of(k), self.seq_len, self.ignore_index, PAD)
+        return read_window(self._source, self.start_of(k), self.seq_len, ignore_index=self.ignore_index)
 
 
 class SequentialWindows(_Windows):
@@ -187,7 +220,7 @@ class SequentialWindows(_Windows):
         *,
         position: int = 0,
         batch_size: int = 1,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         pad_id: int = PAD,
         drop_last: bool = False,
     ) -> None:
@@ -207,4 +240,6 @@ class SequentialWindows(_Windows):
         """Window ``k``, ``0 <= k < len(self)``; same keys and shapes as :class:`RandomWindows`."""
         if not 0 <= k < self._num_windows():
             raise IndexError(f"window {k} outside 0..{self._num_windows() - 1}")
-        return _window(self._source, k * self.seq_len, self.seq_len, self.ignore_index, self.pad_id)
+        return read_window(
+            self._source, k * self.seq_len, self.seq_len, ignore_index=self.ignore_index, pad_id=self.pad_id
+        )

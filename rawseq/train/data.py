@@ -11,11 +11,10 @@ import logging
 import sysconfig
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rawseq.modalities import ByteCorpus, RandomWindows, SequentialWindows, split
+from rawseq.modalities import ByteCorpus, RandomWindows, SequentialWindows, read_window, split
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +53,14 @@ def build_corpus(cfg) -> ByteCorpus:
         key = f"{Path(sources).resolve()}"
     key += f":{cfg.modality}:{cfg.audio_codec}:{cfg.sample_rate}:{cfg.image_size}:{cfg.image_mode}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir).resolve().parent / ".corpus-cache" / digest
+    caches = Path(cfg.out_dir).resolve().parent / ".corpus-cache"
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else caches / digest
     cache.parent.mkdir(parents=True, exist_ok=True)
     modality = {"text": "text", "audio": "audio", "image": "image", "multimodal": "auto"}[cfg.modality]
     corpus = ByteCorpus.build(
         sources, cache, modality=modality, codec=cfg.audio_codec, sample_rate=cfg.sample_rate,
         image_size=cfg.image_size, image_mode=cfg.image_mode, multimodal=cfg.modality == "multimodal",
+        exclude=[cfg.out_dir, caches],  # never read the run's own checkpoints or corpus caches as data
     )
     if corpus.num_symbols < cfg.seq_len + 2:
         raise ValueError(f"data={cfg.data!r} holds {corpus.num_symbols} symbols, too few for seq_len={cfg.seq_len}")
@@ -116,22 +117,12 @@ class Batches:
     def _stream_batch(self, k: int) -> dict[str, torch.Tensor]:
         L = self.cfg.seq_len
         per_stream = (self.stream_len - 1) // L  # whole windows per stream; streams wrap around after that
-        ids, tgts, segs, cont = [], [], [], []
-        for row in self._rows():
-            start = row * self.stream_len + (k % per_stream) * L
-            lo = max(start - 1, 0)
-            sym, docs = self.view.read(lo, start + L + 1)
-            if start > 0:
-                prev_doc, sym, docs = docs[0], sym[1:], docs[1:]
-            else:
-                prev_doc = -1
-            continues = (k % per_stream) > 0 and docs[0] == prev_doc
-            ids.append(torch.from_numpy(sym[:-1].copy()))
-            tgts.append(torch.from_numpy(np.where(docs[1:] == docs[:-1], sym[1:], -100)))
-            segs.append(torch.from_numpy((docs[:-1] - docs[0]).astype(np.int32)))
-            cont.append(continues)
-        return {"input_ids": torch.stack(ids), "targets": torch.stack(tgts), "seq_idx": torch.stack(segs),
-                "continues": torch.tensor(cont)}
+        step = k % per_stream
+        rows = [read_window(self.view, row * self.stream_len + step * L, L, continues=True) for row in self._rows()]
+        batch = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
+        if step == 0:
+            batch["continues"] = torch.zeros_like(batch["continues"])  # a stream starting over carries no state
+        return batch
 
 
 class _Range:

@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rawseq.modalities import ByteCorpus, CorpusView, RandomWindows, SequentialWindows, split
+from rawseq.modalities import (
+    IGNORE_INDEX,
+    ByteCorpus,
+    CorpusView,
+    RandomWindows,
+    SequentialWindows,
+    read_window,
+    split,
+)
 from rawseq.modalities import multimodal as mm
 
 
@@ -32,7 +40,7 @@ def _expected_window(flat, doc_of, start, seq_len):
     ids, tgt, sidx = [], [], []
     for t in range(start, start + seq_len):
         ids.append(flat[t])
-        tgt.append(flat[t + 1] if doc_of[t + 1] == doc_of[t] else -100)
+        tgt.append(flat[t + 1] if doc_of[t + 1] == doc_of[t] else IGNORE_INDEX)
         sidx.append(doc_of[t] - doc_of[start])
     return ids, tgt, sidx
 
@@ -66,7 +74,7 @@ def test_windows_cross_documents_with_reset(corpus):
     assert crossing, "long windows must span documents"
     for x in crossing:
         boundary = (x["seq_idx"][1:] != x["seq_idx"][:-1]).nonzero()[:, 0]
-        assert (x["targets"][boundary] == -100).all()
+        assert (x["targets"][boundary] == IGNORE_INDEX).all()
         assert (torch.diff(x["seq_idx"]) >= 0).all()
 
 
@@ -82,7 +90,7 @@ def test_sequential_covers_every_target_once(corpus, docs):
             ids, tgt, sidx = _expected_window(flat, doc_of, k * seq_len, n)
             assert x["input_ids"][:n].tolist() == ids and x["targets"][:n].tolist() == tgt
             assert x["seq_idx"][:n].tolist() == sidx
-            assert (x["input_ids"][n:] == mm.PAD).all() and (x["targets"][n:] == -100).all()
+            assert (x["input_ids"][n:] == mm.PAD).all() and (x["targets"][n:] == IGNORE_INDEX).all()
             if n < seq_len:
                 assert (x["seq_idx"][n:] == x["seq_idx"][n - 1] + 1).all()
             predicted += [k * seq_len + i + 1 for i in range(n)]
@@ -200,3 +208,19 @@ def test_multimodal_windows_carry_special_ids(tmp_path):
     ids = torch.cat([x["input_ids"], x["targets"][-1:]])
     assert ids.max() < mm.VOCAB_SIZE and (ids >= 256).any()
     assert [type(s).__name__ for s in mm.unpack(x["input_ids"])] == ["TextSegment", "ImageSegment"]
+
+
+def test_read_window_is_the_rule(corpus, docs):
+    flat, doc_of = _reference(docs)
+    for start in range(0, flat.size - 1, 7):
+        w = read_window(corpus, start, 16, continues=True)
+        n = min(16, flat.size - 1 - start)
+        ids, tgt, sidx = _expected_window(flat, doc_of, start, n)
+        assert w["input_ids"][:n].tolist() == ids and w["targets"][:n].tolist() == tgt
+        assert w["seq_idx"][:n].tolist() == sidx
+        assert w["continues"].dtype == torch.bool
+        assert bool(w["continues"]) == (start > 0 and doc_of[start - 1] == doc_of[start])
+        # Past the end: padding inputs, ignored targets, and a document of their own.
+        assert (w["input_ids"][n:] == mm.PAD).all() and (w["targets"][n:] == IGNORE_INDEX).all()
+        assert (w["seq_idx"][n:] == (w["seq_idx"][n - 1] + 1 if n else 0)).all()
+    assert "continues" not in read_window(corpus, 0, 4)

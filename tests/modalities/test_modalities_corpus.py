@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 import torchvision.io as tio
 
-from rawseq.modalities import ByteCorpus, DecodeError, audio, image
+from rawseq.modalities import N_SYMBOLS, ByteCorpus, DecodeError, audio, image
 from rawseq.modalities import multimodal as mm
 
 
@@ -168,9 +168,10 @@ def test_damaged_cache_is_refused_and_rebuilt(media, tmp_path):
 
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from rawseq.modalities import ByteCorpus, corpus
+    from rawseq.modalities import ByteCorpus
+    from rawseq.modalities.corpus.writer import SymbolWriter
 
-    add_file = corpus._Writer.add_file
+    add_file = SymbolWriter.add_file
 
     def copy_then_die(writer, path):
         if len(writer.offsets) == 51:
@@ -178,7 +179,7 @@ _KILL_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         add_file(writer, path)
 
-    corpus._Writer.add_file = copy_then_die
+    SymbolWriter.add_file = copy_then_die
     ByteCorpus.build(sys.argv[1], sys.argv[2])
 """)
 
@@ -281,7 +282,7 @@ def test_iterable_dataset(tmp_path):
 
 def test_multimodal_corpus(media, tmp_path):
     c = ByteCorpus.build(media, tmp_path / "mm", multimodal=True, codec="pcm16")
-    assert c.dtype == np.uint16 and c.vocab_size == mm.VOCAB_SIZE and c.symbols.max() >= 256
+    assert c.dtype == np.uint16 and c.vocab_size == mm.VOCAB_SIZE and c.symbols.max() >= N_SYMBOLS
     kinds = [type(mm.unpack(c.doc(i), strict=True)[0]).__name__ for i in range(c.num_docs)]
     assert kinds == [
         "TextSegment",
@@ -353,16 +354,16 @@ class _FailingFile:
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
 @pytest.mark.parametrize("first_mb", [1, 20], ids=["staged", "flushed"])
 def test_document_failing_half_way_is_undone(tmp_path, monkeypatch, first_mb, direct):
-    from rawseq.modalities import corpus as corpus_mod
+    from rawseq.modalities.corpus import writer as writer_mod
 
     if not direct:
         monkeypatch.delattr(os, "O_DIRECT", raising=False)
     a = np.frombuffer(os.urandom(first_mb << 20), dtype=np.uint8)
     b = np.frombuffer(os.urandom(5000), dtype=np.uint8)
-    writer = corpus_mod._Writer(tmp_path / "symbols.bin", np.uint8)
+    writer = writer_mod.SymbolWriter(tmp_path / "symbols.bin", np.uint8)
     assert writer.direct == (direct and sys.platform == "linux")
     writer.add(a)
-    monkeypatch.setattr(corpus_mod, "open_raw", lambda path: _FailingFile(20 << 20))
+    monkeypatch.setattr(writer_mod, "open_regular", lambda path: _FailingFile(20 << 20))
     with pytest.raises(DecodeError, match="read failed"):
         writer.add_file("bad.txt")
     writer.add(b)

@@ -88,3 +88,23 @@ def test_load_path_through_a_file_is_unreadable(tmp_path):
     with pytest.raises(DecodeError, match="cannot read") as e:
         text.load(tmp_path / "f.txt" / "child")
     assert "child" in e.value.source
+
+
+def test_to_symbols_every_form(tmp_path):
+    (tmp_path / "t.txt").write_bytes("héllo".encode())
+    expect = torch.tensor(list("héllo".encode()), dtype=torch.uint8)
+    for form in ("héllo", "héllo".encode(), bytearray("héllo".encode()), tmp_path / "t.txt", expect,
+                 expect.numpy()):
+        got = text.to_symbols(form)
+        assert got.dtype == torch.uint8 and torch.equal(got, expect), type(form)
+    # A str is always text, even when it names a file.
+    assert text.to_symbols(str(tmp_path / "t.txt")).tolist() == list(str(tmp_path / "t.txt").encode())
+
+
+def test_to_symbols_errors(tmp_path):
+    with pytest.raises(DecodeError, match="missing.txt: no such file"):
+        text.to_symbols(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="1-D"):
+        text.to_symbols(torch.zeros(2, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="int"):
+        text.to_symbols(12)
