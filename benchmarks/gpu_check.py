@@ -1,18 +1,18 @@
-"""GPU check for the Triton kernels: correctness at realistic shapes, then speed against the device's copy bandwidth
-and against peer implementations (flash-linear-attention, mamba_ssm, causal_conv1d) when they are importable, then
-tensors of more than 2**31 elements.
+"""Speed of the Triton kernels on a CUDA device, against the device's copy bandwidth and against peer libraries
+(flash-linear-attention, mamba_ssm, causal_conv1d) when they are importable.
 
     python benchmarks/gpu_check.py [OUT.md] [--quick] [--no-sweep] [--budget S]
     python benchmarks/gpu_check.py [OUT.md] --dry-run     # CPU: arguments, byte counts, imports
     python benchmarks/gpu_check.py [OUT.md] --smoke       # CPU: every step at tiny shapes under TRITON_INTERPRET
 
-Correctness compares against the ``torch`` backend in float64 (the naive loop is too slow at these lengths). A
-benchmark row whose op failed its correctness check reports no speed ratio. The report is written line by line, so
-a crash (an illegal memory access ends the CUDA context) keeps what came before it; the checks that allocate more
-than 2**31 elements per tensor run after the timings for that reason. Tuning sweeps (block sizes of the scan
-forward, warps and stages of the SSD kernels) fill the time left until ``--budget``. ``--smoke`` runs the same code
-at tiny shapes on the CPU (timings meaningless), so that a session lent a GPU does not spend its minutes on a
-broken script.
+It first runs the correctness checks of ``tests/kernels/triton/gpu_cases.py`` (the same as ``pytest -m gpu``:
+outputs and gradients against the float64 torch backend at realistic shapes), and a speed row whose op failed them
+reports no ratio. The report is written line by line, so a crash (an illegal memory access ends the CUDA context)
+keeps what came before it; the checks on tensors of more than 2**31 elements run after the timings for that reason.
+Tuning sweeps (block sizes of the scan forward, warps and stages of the SSD kernels) fill the time left until
+``--budget``. ``--smoke`` runs the same code at tiny shapes on the CPU (timings meaningless), to check the script
+itself on a machine without a GPU. ``benchmarks/gpu_check.sh`` runs this on a CUDA machine where rawseq is not
+installed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import sys
 import time
 import traceback
@@ -29,51 +28,37 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels" / "triton"))
+import gpu_cases  # noqa: E402
+
 SCAN_BENCH = dict(batch=4, length=16384, channels=2048, nstate=16)
 SSD_BENCH = dict(batch=4, length=16384, heads=32, headdim=64, nstate=128)
 CONV_BENCH = dict(batch=4, length=16384, channels=4096, width=4)
 COPY_BYTES = 4 << 30
-WIDE = 2**31 // 2048 + 192  # positions of 2048 elements: tensors of 2**31 + 393,216 elements
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Every shape the check uses. ``full`` is the GPU plan; ``smoke`` the same steps at interpreter sizes."""
+    """The timed shapes and the correctness plan. ``full`` is the GPU plan; ``tiny`` the same steps at interpreter
+    sizes."""
 
-    scan_cases: tuple  # (batch, length, channels, nstate, groups, seq_idx, reverse), fp32 fwd + bwd
-    scan_bf16: tuple  # (batch, length, channels, nstate), bf16 forward
-    conv_cases: tuple  # (batch, length, channels, width, seq_idx), fp32 fwd + bwd
-    ssd_case: tuple  # (batch, length, heads, headdim, nstate, groups), fp32 fwd + bwd
+    checks: gpu_cases.Plan
     scan_bench: dict
     ssd_bench: dict
     conv_bench: dict
     copy_bytes: int
-    wide: dict  # the > 2**31-element checks: length, split point, scan (d, n), ssd (h, p, n), conv (d, w)
     smoke: bool = False
 
     @staticmethod
     def full(quick: bool) -> Plan:
-        scan = [(2, 2048, 256, 16, 1, False, False), (2, 1031, 128, 16, 2, True, True)]
-        if not quick:
-            scan.append((1, 8192, 128, 16, 1, False, False))  # long enough for the length-split forward
-        return Plan(
-            scan_cases=tuple(scan), scan_bf16=(2, 4096, 512, 16),
-            conv_cases=((2, 4099, 1024, 4, False), (2, 3000, 512, 4, True)),
-            ssd_case=(2, 1031, 8, 64, 64, 2),
-            scan_bench=SCAN_BENCH, ssd_bench=SSD_BENCH, conv_bench=CONV_BENCH, copy_bytes=COPY_BYTES,
-            wide=dict(length=WIDE, split=WIDE - 4096, scan=(2048, 16), ssd=(32, 64, 64), conv=(2048, 4)),
-        )
+        return Plan(checks=gpu_cases.Plan.full(quick), scan_bench=SCAN_BENCH, ssd_bench=SSD_BENCH,
+                    conv_bench=CONV_BENCH, copy_bytes=COPY_BYTES)
 
     @staticmethod
     def tiny() -> Plan:
-        return Plan(
-            scan_cases=((2, 40, 8, 4, 1, False, False), (2, 33, 8, 4, 2, True, True)), scan_bf16=(2, 40, 8, 4),
-            conv_cases=((2, 37, 8, 4, False), (2, 30, 8, 4, True)), ssd_case=(2, 70, 2, 8, 8, 2),
-            scan_bench=dict(batch=2, length=64, channels=16, nstate=4),
-            ssd_bench=dict(batch=1, length=70, heads=2, headdim=8, nstate=8),
-            conv_bench=dict(batch=2, length=64, channels=16, width=4), copy_bytes=1 << 20,
-            wide=dict(length=70, split=66, scan=(8, 4), ssd=(2, 8, 8), conv=(8, 4)), smoke=True,
-        )
+        return Plan(checks=gpu_cases.Plan.tiny(), scan_bench=dict(batch=2, length=64, channels=16, nstate=4),
+                    ssd_bench=dict(batch=1, length=70, heads=2, headdim=8, nstate=8),
+                    conv_bench=dict(batch=2, length=64, channels=16, width=4), copy_bytes=1 << 20, smoke=True)
 
 
 @dataclass
@@ -104,11 +89,6 @@ def conv_bytes(batch, length, channels, itemsize=2) -> int:
     return itemsize * batch * length * channels * 2
 
 
-def _rel_err(got, ref) -> float:
-    ref = ref.double()
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
-
-
 def _bench(fn, quick, smoke=False):
     if smoke:  # one call, to run the code path; the interpreter's time means nothing
         start = time.perf_counter()
@@ -121,191 +101,6 @@ def _bench(fn, quick, smoke=False):
 
 def _kernels():
     return importlib.import_module("rawseq.kernels")
-
-
-def _scan_inputs(b, l, d, n, g, dtype, device, gate=True):
-    gen = torch.Generator(device=device).manual_seed(0)
-    r = lambda *s: torch.randn(*s, device=device, generator=gen)  # noqa: E731
-    return dict(
-        x=r(b, l, d).to(dtype), dt=(r(b, l, d) * 0.5 - 2).to(dtype), A=-torch.rand(d, n, device=device) * 4 - 0.1,
-        B=r(b, l, g, n).to(dtype), C=r(b, l, g, n).to(dtype), D=r(d), z=r(b, l, d).to(dtype) if gate else None,
-        dt_bias=r(d) * 0.1,
-    )
-
-
-def _ssd_inputs(b, l, h, p, n, g, dtype, device):
-    gen = torch.Generator(device=device).manual_seed(1)
-    r = lambda *s: torch.randn(*s, device=device, generator=gen)  # noqa: E731
-    return dict(x=r(b, l, h, p).to(dtype), dt=r(b, l, h) * 0.5 - 2, A=-torch.rand(h, device=device) * 4 - 0.1,
-                B=r(b, l, g, n).to(dtype), C=r(b, l, g, n).to(dtype), D=r(h), z=r(b, l, h, p).to(dtype),
-                dt_bias=r(h) * 0.1)
-
-
-def check_selective_scan(rep: Report, device, plan: Plan):
-    ss = _kernels().selective_scan
-    ok = True
-    for b, l, d, n, g, use_seq, reverse in plan.scan_cases:
-        inp = _scan_inputs(b, l, d, n, g, torch.float32, device)
-        h0 = torch.randn(b, d, n, device=device)
-        seq = (torch.arange(l, device=device) * 3 // l).expand(b, l).contiguous() if use_seq else None
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
-        h0t = h0.clone().requires_grad_(True)
-        y, hf = ss(**leaves, initial_state=h0t, return_final_state=True, seq_idx=seq, reverse=reverse,
-                   backend="triton")
-        gy, gh = torch.randn_like(y), torch.randn_like(hf)
-        grads = torch.autograd.grad((y * gy).sum() + (hf * gh).sum(), [*leaves.values(), h0t])
-        ref = {k: v.double().requires_grad_(True) for k, v in inp.items()}
-        h0r = h0.double().requires_grad_(True)
-        yr, hr = ss(**ref, initial_state=h0r, return_final_state=True, seq_idx=seq, reverse=reverse,
-                    backend="torch")
-        grads_ref = torch.autograd.grad((yr * gy.double()).sum() + (hr * gh.double()).sum(),
-                                        [*ref.values(), h0r])
-        errs = {"y": _rel_err(y, yr), "final": _rel_err(hf, hr)}
-        for name, gt, gr in zip([*inp, "initial_state"], grads, grads_ref):
-            errs["d" + name] = _rel_err(gt, gr)
-        worst = max(errs.values())
-        passed = worst < 2e-3
-        ok &= passed
-        rep.add(f"| selective_scan fp32 b={b} l={l} d={d} n={n} g={g} seq={use_seq} rev={reverse} | "
-                f"{worst:.2e} ({max(errs, key=errs.get)}) | {'ok' if passed else 'FAIL'} |")
-    b, l, d, n = plan.scan_bf16
-    inp = _scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
-    y = ss(**inp, backend="triton")
-    yr = ss(**{k: v.double() for k, v in inp.items()}, backend="torch")
-    err = _rel_err(y, yr)
-    ok &= err < 3e-2
-    rep.add(f"| selective_scan bf16 b={b} l={l} d={d} n={n} (forward) | {err:.2e} | "
-            f"{'ok' if err < 3e-2 else 'FAIL'} |")
-    rep.correct["selective_scan"] = ok
-
-
-def check_conv(rep: Report, device, plan: Plan):
-    conv = _kernels().causal_conv1d
-    ok = True
-    for b, l, d, w, use_seq in plan.conv_cases:
-        x = torch.randn(b, l, d, device=device, requires_grad=True)
-        wt = torch.randn(d, w, device=device, requires_grad=True)
-        bias = torch.randn(d, device=device, requires_grad=True)
-        init = torch.randn(b, d, w - 1, device=device, requires_grad=True)
-        seq = (torch.arange(l, device=device) * 4 // l).expand(b, l).contiguous() if use_seq else None
-        y, f = conv(x, wt, bias, "silu", init, return_final_state=True, seq_idx=seq, backend="triton")
-        gy, gf = torch.randn_like(y), torch.randn_like(f)
-        grads = torch.autograd.grad((y * gy).sum() + (f * gf).sum(), [x, wt, bias, init])
-        ref = [t.detach().double().requires_grad_(True) for t in (x, wt, bias, init)]
-        yr, fr = conv(ref[0], ref[1], ref[2], "silu", ref[3], return_final_state=True, seq_idx=seq, backend="torch")
-        grads_ref = torch.autograd.grad((yr * gy.double()).sum() + (fr * gf.double()).sum(), ref)
-        worst = max([_rel_err(y, yr), _rel_err(f, fr)] + [_rel_err(a, r) for a, r in zip(grads, grads_ref)])
-        passed = worst < 1e-4
-        ok &= passed
-        rep.add(f"| causal_conv1d fp32 b={b} l={l} d={d} w={w} seq={use_seq} | {worst:.2e} | "
-                f"{'ok' if passed else 'FAIL'} |")
-    rep.correct["causal_conv1d"] = ok
-
-
-@contextlib.contextmanager
-def _ssd_tf32():
-    """The SSD's fp32 products on TF32 tensor cores, as after ``torch.set_float32_matmul_precision("high")``, without
-    touching torch's global setting (torch refuses its legacy getter once the two setting APIs were mixed)."""
-    mod = importlib.import_module("rawseq.kernels.ssd.triton")
-    original = mod.tf32_allowed
-    mod.tf32_allowed = lambda: True
-    try:
-        yield
-    finally:
-        mod.tf32_allowed = original
-
-
-def check_ssd(rep: Report, device, plan: Plan):
-    ssd = _kernels().ssd
-    b, l, h, p, n, g = plan.ssd_case
-    inp = _ssd_inputs(b, l, h, p, n, g, torch.float32, device)
-    ref = {k: v.double().requires_grad_(True) for k, v in inp.items()}
-    yr, hr = ssd(**ref, return_final_state=True, backend="torch")
-    gy, gh = torch.randn_like(yr), torch.randn_like(hr)
-    grads_ref = torch.autograd.grad((yr * gy).sum() + (hr * gh).sum(), list(ref.values()))
-    ok = True
-    for products, tol in (("exact fp32", 5e-3), ("TF32", 3e-2)):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
-        with _ssd_tf32() if products == "TF32" else contextlib.nullcontext():
-            y, hf = ssd(**leaves, return_final_state=True, backend="triton")
-            grads = torch.autograd.grad((y * gy.float()).sum() + (hf * gh.float()).sum(), list(leaves.values()))
-        errs = {"y": _rel_err(y, yr), "final": _rel_err(hf, hr)}
-        errs.update({"d" + k: _rel_err(a, b_) for k, a, b_ in zip(inp, grads, grads_ref)})
-        worst = max(errs.values())
-        ok &= worst < tol
-        rep.add(f"| ssd fp32 b={b} l={l} h={h} p={p} n={n} g={g}, {products} products | {worst:.2e} "
-                f"({max(errs, key=errs.get)}) | {'ok' if worst < tol else 'FAIL'} |")
-    rep.correct["ssd"] = ok
-
-
-def _split_vs_whole(fn, seq: dict, other: dict, split: int) -> dict[str, float]:
-    """``fn`` over the whole sequence against ``fn`` over ``[:split]`` then ``[split:]`` chained through the state,
-    forward and backward; errors over the positions from ``split - 64`` on (in fp32: a float64 copy of a tensor of
-    2**31 elements would not fit)."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in seq.items()}
-    y, h = fn(**leaves, **other, return_final_state=True)
-    gy = torch.randn_like(y)
-    g_whole = torch.autograd.grad(y, list(leaves.values()), grad_outputs=gy)
-    y1, h1 = fn(**{k: v[:, :split] for k, v in leaves.items()}, **other, return_final_state=True)
-    y2, h2 = fn(**{k: v[:, split:] for k, v in leaves.items()}, **other, initial_state=h1, return_final_state=True)
-    g_split = torch.autograd.grad([y1, y2], list(leaves.values()), grad_outputs=[gy[:, :split], gy[:, split:]])
-    lo = max(0, split - 64)
-
-    def err(a, b):
-        a, b = a.float(), b.float()
-        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
-
-    errs = {"y": err(y2, y[:, split:]), "final": err(h2, h)}
-    errs.update({"d" + k: err(a[:, lo:], b[:, lo:]) for k, a, b in zip(leaves, g_split, g_whole)})
-    return errs
-
-
-def check_wide(rep: Report, device, plan: Plan):
-    """Tensors of more than 2**31 elements (the GPU plan): outputs and gradients past 2**31 against the same
-    sequence cut in two and chained through the state (each half below 2**31 where it matters)."""
-    k = _kernels()
-    w = plan.wide
-    length, split = w["length"], w["split"]
-    bf = torch.bfloat16
-    gen = torch.Generator(device=device).manual_seed(5)
-    r = lambda *s, dtype=bf: torch.randn(*s, device=device, generator=gen).to(dtype)  # noqa: E731
-
-    def row(name, elements, errs, tol):
-        worst = max(errs.values())
-        passed = worst < tol  # NaN fails
-        rep.correct[f"{name} > 2**31"] = passed
-        rep.add(f"| {name} bf16, {elements / 2**31:.4f} x 2**31 elements per tensor, whole vs split at {split} | "
-                f"{worst:.2e} ({max(errs, key=errs.get)}) | {'ok' if passed else 'FAIL'} |")
-
-    d, n = w["scan"]
-    seq = dict(x=r(1, length, d), dt=(r(1, length, d, dtype=torch.float32) * 0.5 - 2).to(bf), z=r(1, length, d),
-               B=r(1, length, 1, n), C=r(1, length, 1, n))
-    other = dict(A=-torch.rand(d, n, device=device) * 4 - 0.1, D=r(d, dtype=torch.float32),
-                 dt_bias=r(d, dtype=torch.float32) * 0.1, backend="triton")
-    row("selective_scan", length * d, _split_vs_whole(k.selective_scan, seq, other, split), 3e-2)
-    del seq
-    _free(device)
-
-    h, p, n = w["ssd"]
-    seq = dict(x=r(1, length, h, p), dt=r(1, length, h, dtype=torch.float32) * 0.5 - 2, z=r(1, length, h, p),
-               B=r(1, length, 1, n), C=r(1, length, 1, n))
-    other = dict(A=-torch.rand(h, device=device) * 4 - 0.1, D=r(h, dtype=torch.float32),
-                 dt_bias=r(h, dtype=torch.float32) * 0.1, backend="triton")
-    row("ssd", length * h * p, _split_vs_whole(k.ssd, seq, other, split), 3e-2)
-    del seq
-    _free(device)
-
-    d, width = w["conv"]
-    seq = dict(x=r(1, length, d))
-    other = dict(weight=r(d, width), bias=r(d), activation="silu", backend="triton")
-    row("causal_conv1d", length * d, _split_vs_whole(k.causal_conv1d, seq, other, split), 2e-2)
-    del seq
-    _free(device)
-
-
-def _free(device):
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def copy_bandwidth(device, plan: Plan, quick) -> float:
@@ -328,7 +123,7 @@ def bench_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick):
     ss = _kernels().selective_scan
     s = plan.scan_bench
     b, l, d, n = s["batch"], s["length"], s["channels"], s["nstate"]
-    inp = _scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
+    inp = gpu_cases.scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
     nbytes = scan_bytes(b, l, d, n)
     ok = rep.correct.get("selective_scan", False)
     ms = _bench(lambda: ss(**inp, backend="triton"), quick, plan.smoke)
@@ -364,26 +159,27 @@ def _sweep_configs():
 
 
 def sweep_selective_scan(rep: Report, device, copy_gbs, plan: Plan, quick, deadline: float):
-    """Forward speed per block configuration, to tune ``_config`` on this GPU (forward only: no states stored)."""
-    sst = importlib.import_module("rawseq.kernels.selective_scan.triton")
+    """Forward speed per block configuration, to tune ``block_config`` on this GPU (forward only: no states
+    stored)."""
+    launch = importlib.import_module("rawseq.kernels.selective_scan.triton.launch")
     ss = _kernels().selective_scan
     s = plan.scan_bench
     b, l, d, n = s["batch"], s["length"], s["channels"], s["nstate"]
-    inp = _scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
+    inp = gpu_cases.scan_inputs(b, l, d, n, 1, torch.bfloat16, device)
     nbytes = scan_bytes(b, l, d, n)
-    original = sst._config
+    original = launch.block_config
     try:
         for t, bd, bn, warps in _sweep_configs():
             if time.time() > deadline:
                 rep.add(f"| selective_scan fwd sweep T={t} BLOCK_D={bd} warps={warps} | skipped: time budget | | | |")
                 continue
-            sst._config = lambda *a, _c=(t, bd, bn, warps), **k: _c
+            launch.block_config = lambda *a, _c=(t, bd, bn, warps), **k: _c
             ms = _bench(lambda: ss(**inp, backend="triton"), quick, plan.smoke)
             gbs = nbytes / (ms * 1e-3) / 1e9
             rep.add(f"| selective_scan fwd sweep T={t} BLOCK_D={bd} warps={warps} | rawseq triton | {ms:.3f} | "
                     f"{gbs:.0f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy | |")
     finally:
-        sst._config = original
+        launch.block_config = original
 
 
 def _ssd_sweep_configs():
@@ -393,33 +189,33 @@ def _ssd_sweep_configs():
 
 def sweep_ssd(rep: Report, device, plan: Plan, quick, deadline: float):
     """SSD fwd+bwd (bf16, bench shape) per launch configuration of its two chunk-parallel kernels, to tune
-    ``_WARPS``/``_STAGES`` in ``rawseq.kernels.ssd.triton`` on this GPU (each configuration compiles anew)."""
-    mod = importlib.import_module("rawseq.kernels.ssd.triton")
+    ``WARPS``/``STAGES`` in ``rawseq.kernels.ssd.triton.launch`` on this GPU (each configuration compiles anew)."""
+    mod = importlib.import_module("rawseq.kernels.ssd.triton.launch")
     ssd = _kernels().ssd
     s = plan.ssd_bench
     b, l, h, p, n = s["batch"], s["length"], s["heads"], s["headdim"], s["nstate"]
-    inp = _ssd_inputs(b, l, h, p, n, 1, torch.bfloat16, device)
+    inp = gpu_cases.ssd_inputs(b, l, h, p, n, 1, torch.bfloat16, device)
     leaves = [inp[k].detach().requires_grad_(True) for k in ("x", "dt", "A", "B", "C")]
 
     def run():
         y = ssd(*leaves, backend="triton")
         y.backward(torch.ones_like(y))
 
-    warps, stages = dict(mod._WARPS), dict(mod._STAGES)
+    warps, stages = dict(mod.WARPS), dict(mod.STAGES)
     try:
         for out_w, bwd_w, bwd_s in _ssd_sweep_configs():
             label = f"ssd fwd+bwd sweep out warps={out_w}, bwd warps={bwd_w} stages={bwd_s}"
             if time.time() > deadline:
                 rep.add(f"| {label} | skipped: time budget | | | |")
                 continue
-            mod._WARPS.update(out=out_w, bwd=bwd_w)
-            mod._STAGES.update(bwd=bwd_s)
+            mod.WARPS.update(out=out_w, bwd=bwd_w)
+            mod.STAGES.update(bwd=bwd_s)
             ms = _try(rep, label, lambda: _bench(run, quick, plan.smoke))
             if ms is not None:
                 rep.add(f"| {label} | rawseq triton | {ms:.3f} | | |")
     finally:
-        mod._WARPS.update(warps)
-        mod._STAGES.update(stages)
+        mod.WARPS.update(warps)
+        mod.STAGES.update(stages)
 
 
 def bench_conv(rep: Report, device, copy_gbs, plan: Plan, quick):
@@ -489,7 +285,7 @@ def bench_ssd(rep: Report, device, plan: Plan, quick):
         g = (delta * A).requires_grad_(True)
         with torch.no_grad():  # the same computation: fla's output against ours on these inputs
             o, _ = chunk_simple_gla(q=q, k=k, v=v, g=g, scale=1.0)
-            same = _rel_err(o, ssd(x, dt, A, B, C, backend="triton"))
+            same = gpu_cases.rel_err(o, ssd(x, dt, A, B, C, backend="triton"))
 
         def run():
             o, _ = chunk_simple_gla(q=q, k=k, v=v, g=g, scale=1.0)
@@ -535,7 +331,7 @@ def bench_ssd_fp32(rep: Report, device, plan: Plan, quick):
         y.backward(torch.ones_like(y))
 
     for products in ("exact fp32", "TF32"):
-        with _ssd_tf32() if products == "TF32" else contextlib.nullcontext():
+        with gpu_cases.ssd_tf32() if products == "TF32" else contextlib.nullcontext():
             ms = _try(rep, f"ssd fwd+bwd fp32 {products} | rawseq triton", lambda: _bench(run, quick, plan.smoke))
         if ms is not None:
             rep.add(f"| ssd fwd+bwd fp32 b={b} l={l} h={h} p={p} n={n}, {products} products | rawseq triton | "
@@ -554,6 +350,19 @@ def _peers() -> str:
     return ", ".join(found)
 
 
+def run_checks(rep: Report, check: str, key: str, device, plan: Plan) -> None:
+    """One check of ``gpu_cases``: its rows into the report, and whether all passed into ``rep.correct[key]``."""
+    try:
+        rows = gpu_cases.CHECKS[check](device, plan.checks)
+    except Exception:
+        rep.correct[key] = False
+        rep.add(f"| {key} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
+        return
+    for row in rows:
+        rep.add(row.markdown())
+    rep.correct[key] = all(row.passed for row in rows)
+
+
 def dry_run(out: Path) -> int:
     """CPU-side sanity: arguments, shapes, byte counts and imports."""
     s = SCAN_BENCH
@@ -561,7 +370,7 @@ def dry_run(out: Path) -> int:
     expected = 2 * s["batch"] * s["length"] * (4 * s["channels"] + 2 * s["nstate"])
     assert nbytes == expected, (nbytes, expected)
     assert conv_bytes(1, 2, 3) == 24
-    wide = Plan.full(quick=False).wide
+    wide = Plan.full(quick=False).checks.wide
     assert wide["length"] * wide["scan"][0] > 2**31 and wide["split"] * wide["scan"][0] < 2**31
     kernels = _kernels()
     importlib.import_module("triton")
@@ -591,8 +400,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         return dry_run(out)
     if args.smoke:
-        os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel module is imported
-        importlib.import_module("rawseq.kernels.common.interpreter").patch_interpreter()
+        gpu_cases.use_interpreter()  # before the first kernel module is imported
         device, plan, name = torch.device("cpu"), Plan.tiny(), "CPU smoke run (TRITON_INTERPRET=1, tiny shapes)"
     elif not torch.cuda.is_available():
         print("no CUDA device; use --dry-run or --smoke on a machine without a GPU", file=sys.stderr)
@@ -611,12 +419,8 @@ def main(argv=None) -> int:
     rep.add()
     rep.add("| case | error | status |")
     rep.add("|---|---|---|")
-    for key, fn in (("selective_scan", check_selective_scan), ("causal_conv1d", check_conv), ("ssd", check_ssd)):
-        try:
-            fn(rep, device, plan)
-        except Exception:
-            rep.correct[key] = False
-            rep.add(f"| {key} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
+    for key in ("selective_scan", "causal_conv1d", "ssd"):
+        run_checks(rep, key, key, device, plan)
     copy_gbs = copy_bandwidth(device, plan, args.quick)
     rep.add()
     rep.add(f"## Speed (do_bench median ms); device copy bandwidth {copy_gbs:.0f} GB/s (read + write of "
@@ -631,19 +435,15 @@ def main(argv=None) -> int:
             fn()
         except Exception:
             rep.add(f"| {key} | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | | | |")
-    _free(device)
+    gpu_cases.free(device)
     rep.add()
     rep.add("## Tensors of more than 2**31 elements (64-bit offsets), whole sequence against the same sequence cut "
             "in two and chained through the state; forward and backward (max error / max |whole|)")
     rep.add()
     rep.add("| case | error | status |")
     rep.add("|---|---|---|")
-    try:
-        check_wide(rep, device, plan)
-    except Exception:
-        rep.correct["> 2**31"] = False
-        rep.add(f"| > 2**31 | exception: {traceback.format_exc().strip().splitlines()[-1][:120]} | FAIL |")
-    _free(device)
+    run_checks(rep, "wide", "> 2**31", device, plan)
+    gpu_cases.free(device)
     rep.add()
     rep.add("## SSD on fp32 inputs: exact products (default) or TF32 (`torch.set_float32_matmul_precision('high')`)")
     rep.add()
@@ -659,7 +459,7 @@ def main(argv=None) -> int:
         rep.add("|---|---|---|---|---|")
         _try(rep, "selective_scan sweep", lambda: sweep_selective_scan(rep, device, copy_gbs, plan, args.quick,
                                                                        deadline))
-        _free(device)
+        gpu_cases.free(device)
         _try(rep, "ssd sweep", lambda: sweep_ssd(rep, device, plan, args.quick, deadline))
     rep.add()
     rep.add(f"Total {time.time() - start:.0f} s. Correctness: "

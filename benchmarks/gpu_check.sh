@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# One prepared command for a GPU machine (stopped at 470 s; the sweeps stop starting at 400): correctness of the
-# Triton kernels at realistic shapes against float64, then do_bench timings against the device copy bandwidth and
-# peer libraries, tensors past 2**31 elements, and tuning sweeps.
+# Benchmark the Triton kernels on a CUDA machine (stopped at 470 s; the tuning sweeps stop starting at 400):
+# correctness at realistic shapes against float64 (the checks of `pytest -m gpu`), do_bench timings against the
+# device copy bandwidth and peer libraries, tensors past 2**31 elements, and tuning sweeps.
 # Usage: benchmarks/gpu_check.sh [OUT.md] [--quick|--no-sweep|--budget S|--dry-run|--smoke]
-# PYTHON=... picks the interpreter; default python3, the one that holds PyTorch on the lent H200 machine.
+# PYTHON=... picks the interpreter (default python3).
 #
-# The lent machine is bare and offline: rawseq is not installed there and its registry-only dependencies (soundfile,
-# datasets) are missing, which the kernels do not need. So when `import rawseq.kernels` fails, this stages the
-# package from this checkout into a scratch folder by the same map setup.py installs (kernels/ -> rawseq/kernels,
-# modalities/ -> rawseq/modalities), with no build step. Peer wheels put in .whl/ by benchmarks/peer_wheels.sh
-# (flash-linear-attention's fla-core) are installed into the same folder; carry .whl to the machine.
+# The machine needs torch and triton, nothing else, and no network. When `import rawseq.kernels` fails (rawseq not
+# installed), the package is staged from this checkout into a scratch folder by the same map setup.py installs
+# (kernels/ -> rawseq/kernels, modalities/ -> rawseq/modalities), with no build step. Wheels in .whl/ (see
+# benchmarks/peer_wheels.sh) are installed into the same folder, so peer libraries can be compared offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu_check.md}"

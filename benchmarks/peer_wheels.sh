@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Fetch the peer library that benchmarks/gpu_check.sh compares the SSD against, as a wheel for the lent GPU machine
-# (offline, Python 3.12, x86_64), into .whl/ (git-ignored). Run it here, where PyPI is reachable, then carry the
-# folder:  run(command="bash benchmarks/gpu_check.sh $OUT/gpu_check.md", carry=[".whl"])
+# Download the peer library that benchmarks/gpu_check.sh compares the SSD against, as a wheel for an offline CUDA
+# machine (Python 3.12, x86_64), into .whl/ (git-ignored). Run it where PyPI is reachable, copy .whl/ next to the
+# checkout on the CUDA machine, then run benchmarks/gpu_check.sh there.
 #
-# fla-core is flash-linear-attention's kernel package (chunk_simple_gla): pure Python and Triton, and it needs only
-# einops, which that machine has. mamba_ssm and causal_conv1d publish only sources on PyPI (CUDA extensions compiled
-# at install, many minutes of device time), so the check lists them as not importable unless the machine has them.
+# fla-core is flash-linear-attention's kernel package (chunk_simple_gla): pure Python and Triton, needing only einops.
+# mamba_ssm and causal_conv1d publish only sources on PyPI (CUDA extensions compiled at install, many minutes), so
+# the check lists them as not importable unless the machine already has them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .whl

@@ -1,16 +1,16 @@
 """Ahead-of-time compile of every Triton kernel in rawseq.kernels, for GPUs this machine may not have.
 
-Run ``python -m rawseq.kernels.aot`` (add ``--help`` for filters). For each op module
-``rawseq.kernels.<op>.triton`` with ``<op>`` in ``selective_scan``, ``causal_conv1d``, ``ssd``, it reads the
-module-level list ``AOT_VARIANTS`` and compiles each entry for sm_80 and sm_90 with ``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", arch, 32))``. It prints one row per kernel, variant and arch with registers, spills and
-shared memory, and exits non-zero if any variant fails to compile or an op module fails to import. Each variant is
-compiled twice by default (``--align``): with no alignment assumed (``any``: what the JIT compiles for a view at an
-odd offset) and with the specialization the JIT gives freshly allocated tensors of round shapes (``16``: every
-pointer 16-byte aligned and every stride argument a multiple of 16, ``tt.divisibility`` 16), which is what a GPU
-run of the benchmarks executes; the two can differ in vector widths, registers and spills. Registers and
-spills come from ``cuobjdump -res-usage`` on the cubin (the stack frame, where spills go), or with ``--ptxas`` from
-``ptxas -v`` on the PTX (spill store + load bytes), both shipped in the triton wheel; else from the metadata.
+Run ``python -m rawseq.kernels.aot`` (add ``--help`` for filters). For each op with a Triton backend (every
+``kernels/<op>/triton/variants.py``) it reads the list ``AOT_VARIANTS`` of ``rawseq.kernels.<op>.triton.variants``
+and compiles each entry for sm_80 and sm_90 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch,
+32))``. It prints one row per kernel, variant and arch with registers, spills and shared memory, and exits non-zero
+if any variant fails to compile or an op module fails to import. Each variant is compiled twice by default
+(``--align``): with no alignment assumed (``any``: what the JIT compiles for a view at an odd offset) and with the
+specialization the JIT gives freshly allocated tensors of round shapes (``16``: every pointer 16-byte aligned and
+every stride argument a multiple of 16, ``tt.divisibility`` 16), which is what a GPU run of the benchmarks executes;
+the two can differ in vector widths, registers and spills. Registers and spills come from ``cuobjdump -res-usage``
+on the cubin (the stack frame, where spills go), or with ``--ptxas`` from ``ptxas -v`` on the PTX (spill store +
+load bytes), both shipped in the triton wheel; else from the metadata.
 
 The ``AOT_VARIANTS`` format: a list of :class:`rawseq.kernels.common.triton_utils.AotVariant`::
 
@@ -18,13 +18,15 @@ The ``AOT_VARIANTS`` format: a list of :class:`rawseq.kernels.common.triton_util
         name="fwd-bf16-T32-D16-N16",   # unique within the op
         fn=_my_fwd_kernel,             # the @triton.jit function
         signature={"x_ptr": "*bf16", "length": "i32", "stride_xb": "i64", "scale": "fp32",
-                   "BLOCK_D": "constexpr"},   # every argument of fn, by name
+                   "BLOCK_D": "constexpr"},   # every argument of fn, by name (strides are named stride_*)
         constexprs={"BLOCK_D": 16},    # a value for every "constexpr" argument
         num_warps=4, num_stages=1,     # as the launcher would pass them
     )
 
-List every combination of constexprs and pointer dtypes the launcher can choose. Compiling needs
-``TRITON_INTERPRET`` unset: the interpreter replaces the jit functions.
+List every combination of constexprs and pointer dtypes the launcher can choose; ``aot_variant`` in the same module
+builds the signature from the argument names. Flags are constexprs, not int arguments: the JIT turns an int argument
+equal to 1 into a constexpr anyway, so an int flag typed ``i32`` here would describe code the JIT never runs.
+Compiling needs ``TRITON_INTERPRET`` unset: the interpreter replaces the jit functions.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-OPS = ("selective_scan", "causal_conv1d", "ssd")
+
+def _ops_with_variants() -> tuple[str, ...]:
+    """Every op folder with a ``triton/variants.py``: a new op's kernels are checked once it lists its variants."""
+    root = Path(__file__).resolve().parent
+    return tuple(sorted(p.parent.parent.name for p in root.glob("*/triton/variants.py")))
+
+
+OPS = _ops_with_variants()
 ARCHS = (80, 90)
 
 
@@ -90,10 +99,10 @@ def _ptxas_stats(ptx: str, arch: int) -> dict[str, int]:
 
 def alignment_attrs(fn, signature: dict[str, str]) -> dict[tuple[int], list]:
     """``ASTSource`` attributes for the JIT's specialization of freshly allocated tensors: ``tt.divisibility`` 16 on
-    every pointer and on every stride argument (named ``s_*`` or ``stride*``), keyed by argument position."""
+    every pointer and on every stride argument (named ``stride_*``), keyed by argument position."""
     attrs = {}
     for name, ty in signature.items():
-        if ty.startswith("*") or (ty in ("i32", "i64") and name.startswith(("s_", "stride"))):
+        if ty.startswith("*") or (ty in ("i32", "i64") and name.startswith("stride_")):
             attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
     return attrs
 
@@ -105,8 +114,7 @@ def _compile_one(job):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module = importlib.import_module(f"rawseq.kernels.{op}.triton")
-    variant = module.AOT_VARIANTS[index]
+    variant = _variants(op)[index]
     row = {"op": op, "kernel": variant.fn.__name__, "variant": variant.name, "arch": f"sm_{arch}", "align": align}
     start = time.perf_counter()
     try:
@@ -128,15 +136,18 @@ def _compile_one(job):
     return row
 
 
+def _variants(op: str) -> list:
+    return importlib.import_module(f"rawseq.kernels.{op}.triton.variants").AOT_VARIANTS
+
+
 def collect(ops=OPS) -> tuple[list[tuple[str, int]], list[str]]:
     """(op, index) of every AOT variant, and the error messages of op modules that failed to import."""
     jobs, errors = [], []
     for op in ops:
         try:
-            module = importlib.import_module(f"rawseq.kernels.{op}.triton")
-            variants = module.AOT_VARIANTS
+            variants = _variants(op)
         except Exception as e:
-            errors.append(f"{op}: cannot load rawseq.kernels.{op}.triton AOT_VARIANTS: {type(e).__name__}: {e}")
+            errors.append(f"{op}: cannot load rawseq.kernels.{op}.triton.variants: {type(e).__name__}: {e}")
             continue
         names = [v.name for v in variants]
         if len(set(names)) != len(names):
@@ -167,9 +178,8 @@ def main(argv=None) -> int:
     pairs, errors = collect(args.ops)
     if args.filter:
         pattern = re.compile(args.filter)
-        modules = {op: importlib.import_module(f"rawseq.kernels.{op}.triton") for op in {op for op, _ in pairs}}
-        pairs = [(op, i) for op, i in pairs if pattern.search(
-            f"{modules[op].AOT_VARIANTS[i].fn.__name__}/{modules[op].AOT_VARIANTS[i].name}")]
+        pairs = [(op, i) for op, i in pairs
+                 if pattern.search(f"{_variants(op)[i].fn.__name__}/{_variants(op)[i].name}")]
     aligns = ("any", "16") if args.align == "both" else (args.align,)
     jobs = [(op, i, arch, align, args.ptxas) for op, i in pairs for arch in args.arch for align in aligns]
     start = time.perf_counter()

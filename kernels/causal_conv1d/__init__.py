@@ -1,25 +1,43 @@
 """Depthwise causal 1-D convolution, ``causal_conv1d``, and its decoding step ``causal_conv1d_step``.
 
-``naive.py`` is the specification, ``chunked.py`` the CPU path (the "torch" backend), ``triton.py`` the GPU kernels.
+``naive.py`` is the specification, ``chunked.py`` the CPU path and decoding step (the "torch" backend), ``triton``
+the GPU kernels; ``rawseq.kernels.library`` registers the fast backends as one custom op.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rawseq.kernels import library
+from rawseq.kernels.causal_conv1d.chunked import causal_conv1d_step_torch
 from rawseq.kernels.causal_conv1d.naive import causal_conv1d_naive, causal_conv1d_step_naive
-from rawseq.kernels.common import check_same_device, check_tensor, resolve_backend
+from rawseq.kernels.common import TensorArgs, resolve_backend, step_function
 from rawseq.kernels.common.checks import INT_DTYPES
 
 __all__ = ["causal_conv1d", "causal_conv1d_step"]
 
 _BACKENDS = ("naive", "torch", "triton")
 _ACTIVATIONS = (None, "silu")
+# The window holds the width - 1 inputs before the current one; ``_check_window`` ties the two axes.
+_ARGS = TensorArgs(
+    {"x": "batch length channels", "weight": "channels width", "bias": "channels",
+     "initial_state": "batch channels window", "seq_idx": "batch length"},
+    optional=("bias", "initial_state", "seq_idx"), dtypes={"seq_idx": INT_DTYPES}, nonzero=("channels", "width"),
+)
+_STEP_ARGS = _ARGS.without("length", state="batch channels window", initial_state="", seq_idx="")
+_WINDOW, _WIDTH = (_STEP_ARGS.axis_names.index(a) for a in ("window", "width"))
+_STEPS = {"naive": causal_conv1d_step_naive, "torch": causal_conv1d_step_torch}
 
 
-def _check_activation(activation):
+def _check_window(spec: TensorArgs, sizes: list, name: str, state, activation) -> None:
+    """The window's length is the width less one, and the activation is known; a no-op when both hold."""
+    window, width = sizes[spec.axis_names.index("window")], sizes[spec.axis_names.index("width")]
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {_ACTIVATIONS}")
+    if window is not None and window != width - 1:
+        batch, channels = state.shape[:2]
+        raise ValueError(f"{name} has shape {tuple(state.shape)}, expected (batch, channels, width - 1) = "
+                         f"({batch}, {channels}, {width - 1})")
 
 
 def causal_conv1d(
@@ -47,30 +65,11 @@ def causal_conv1d(
     Returns:
         y: (batch, length, channels) in ``x.dtype``, and with ``return_final_state`` the final window.
     """
-    check_tensor("x", x, (None, None, None), "batch, length, channels")
-    batch, length, channels = x.shape
-    check_tensor("weight", weight, (channels, None), "channels, width")
-    width = weight.shape[1]
-    if width < 1:
-        raise ValueError(f"weight has width {width}, expected at least 1")
-    check_tensor("bias", bias, (channels,), "channels", optional=True)
-    check_tensor("initial_state", initial_state, (batch, channels, width - 1), "batch, channels, width - 1",
-                 optional=True)
-    check_tensor("seq_idx", seq_idx, (batch, length), "batch, length", dtypes=INT_DTYPES, optional=True)
-    _check_activation(activation)
-    device = check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state, seq_idx=seq_idx)
+    sizes, device = _ARGS.check(x, weight, bias, initial_state, seq_idx)
+    _check_window(_ARGS, sizes, "initial_state", initial_state, activation)
     backend = resolve_backend(backend, device, op="causal_conv1d", available=_BACKENDS, dtype=x.dtype)
     args = (x, weight, bias, activation, initial_state, seq_idx)
-    if backend == "naive":
-        y, state = causal_conv1d_naive(*args)
-    elif backend == "torch":
-        from rawseq.kernels.causal_conv1d.chunked import causal_conv1d_torch
-
-        y, state = causal_conv1d_torch(*args)
-    else:
-        from rawseq.kernels.causal_conv1d.triton import causal_conv1d_triton
-
-        y, state = causal_conv1d_triton(*args)
+    y, state = causal_conv1d_naive(*args) if backend == "naive" else library.causal_conv1d(*args, backend)
     return (y, state) if return_final_state else y
 
 
@@ -91,17 +90,7 @@ def causal_conv1d_step(
     Returns:
         y: (batch, channels) in ``x.dtype``.
     """
-    check_tensor("x", x, (None, None), "batch, channels")
-    batch, channels = x.shape
-    check_tensor("weight", weight, (channels, None), "channels, width")
-    width = weight.shape[1]
-    check_tensor("state", state, (batch, channels, width - 1), "batch, channels, width - 1")
-    check_tensor("bias", bias, (channels,), "channels", optional=True)
-    _check_activation(activation)
-    device = check_same_device(state=state, x=x, weight=weight, bias=bias)
-    backend = resolve_backend(backend, device, op="causal_conv1d_step", available=_BACKENDS, dtype=x.dtype)
-    if backend == "triton":
-        from rawseq.kernels.causal_conv1d.triton import causal_conv1d_step_triton
-
-        return causal_conv1d_step_triton(state, x, weight, bias, activation)
-    return causal_conv1d_step_naive(state, x, weight, bias, activation)
+    sizes, device = _STEP_ARGS.check(state, x, weight, bias)
+    if sizes[_WINDOW] != sizes[_WIDTH] - 1 or activation not in _ACTIVATIONS:
+        _check_window(_STEP_ARGS, sizes, "state", state, activation)
+    return step_function("causal_conv1d", backend, device, x.dtype, _STEPS)(state, x, weight, bias, activation)

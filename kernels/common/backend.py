@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -46,3 +47,24 @@ def resolve_backend(
                 "the kernels on CPU tensors for testing"
             )
     return backend
+
+
+def step_function(op: str, backend: str, device: torch.device, dtype: torch.dtype, steps: dict):
+    """The decoding step of ``op`` for ``backend`` and tensors on ``device``: ``steps["naive"]`` or
+    ``steps["torch"]``, or the op's Triton step (imported on first use).
+
+    Called once per layer and position, so the choice is kept in ``steps`` per (backend, device type, float64)
+    after the first call; an explicit "triton" is resolved every time, since whether it may run on CPU tensors
+    depends on ``TRITON_INTERPRET``.
+    """
+    key = (backend, device.type, dtype == torch.float64)
+    step = steps.get(key)
+    if step is None:
+        resolved = resolve_backend(backend, device, op=f"{op}_step", available=("naive", "torch", "triton"),
+                                   dtype=dtype)
+        step = steps.get(resolved)
+        if step is None:
+            step = getattr(importlib.import_module(f"rawseq.kernels.{op}.triton"), f"{op}_step_triton")
+        if backend != "triton":
+            steps[key] = step
+    return step

@@ -1,16 +1,17 @@
-"""Triton helpers shared by every op's ``triton.py``: math in ``tl``, block-size choice, AOT variant records.
+"""Launcher-side helpers shared by every op's Triton code: block sizes, device facts, the TF32 switch, gradient
+products in torch and the records of ``python -m rawseq.kernels.aot``.
 
-Importing this module needs triton but no GPU. The ``@triton.jit`` helpers are inlined into the kernels that call
-them, so they never appear as kernels of their own.
+The ``@triton.jit`` math the kernels share lives in :mod:`rawseq.kernels.common.tl_math`. Importing this module
+needs triton but no GPU.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 import triton
-import triton.language as tl
 
 TORCH_TO_TL = {
     torch.float16: "fp16",
@@ -20,27 +21,6 @@ TORCH_TO_TL = {
 }
 
 
-@dataclass(frozen=True)
-class AotVariant:
-    """One kernel specialization for ``python -m rawseq.kernels.aot`` (see that module's docstring).
-
-    Attributes:
-        name: row label, unique within the op, e.g. ``"fwd-bf16-T32-D16-N16"``.
-        fn: the ``@triton.jit`` function.
-        signature: every argument of ``fn`` by name -> triton type string: ``"*fp32"``, ``"*bf16"``, ``"*i64"``
-            (pointers), ``"i32"``, ``"i64"``, ``"fp32"`` (scalars) or ``"constexpr"``.
-        constexprs: value of every argument typed ``"constexpr"``.
-        num_warps, num_stages: launch options, as the launcher passes them.
-    """
-
-    name: str
-    fn: object
-    signature: dict[str, str]
-    constexprs: dict[str, object] = field(default_factory=dict)
-    num_warps: int = 4
-    num_stages: int = 1
-
-
 def tl_dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bf16"``: the pointer element name used in AOT signatures."""
     return TORCH_TO_TL[dtype]
@@ -48,11 +28,6 @@ def tl_dtype_name(dtype: torch.dtype) -> str:
 
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else triton.next_power_of_2(n)
-
-
-def block_for(n: int, cap: int) -> int:
-    """Power-of-two block covering ``n`` (at least 1) but not above ``cap``."""
-    return max(1, min(next_pow2(n), cap))
 
 
 def num_sms(device: torch.device) -> int:
@@ -74,38 +49,69 @@ def tf32_allowed() -> bool:
     return precision == "tf32"
 
 
-@triton.jit
-def softplus(x):
-    """log(1 + exp(x)), linear above 20 as in every Mamba implementation (and ``torch`` with threshold 20)."""
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+def reject_float64(op: str, *tensors) -> None:
+    """ValueError if any tensor is float64: the Triton kernels compute in float32."""
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            raise ValueError(f"the triton {op} computes in float32; use backend='torch' for float64 inputs")
 
 
-@triton.jit
-def silu(x):
-    return x * tl.sigmoid(x)
+def last_dim_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` itself when its innermost stride is 1 (the kernels assume it), else a contiguous copy."""
+    return None if t is None else (t if t.stride(-1) == 1 else t.contiguous())
 
 
-@triton.jit
-def silu_grad(x):
-    """d/dx [x * sigmoid(x)]."""
-    s = tl.sigmoid(x)
-    return s * (1.0 + x * (1.0 - s))
+def grad_mul(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``g * v`` for a gradient ``g``, exactly 0 where ``g`` is 0 even if ``v`` is not finite (the torch side of
+    :func:`rawseq.kernels.common.tl_math.grad_mul`)."""
+    return torch.where(g == 0, torch.zeros((), dtype=g.dtype, device=g.device), g * v)
 
 
-@triton.jit
-def linear_combine(a1, b1, a2, b2):
-    """Compose h -> a1 h + b1 then h -> a2 h + b2, for ``tl.associative_scan`` over a linear recurrence."""
-    return a1 * a2, a2 * b1 + b2
+@dataclass(frozen=True)
+class AotVariant:
+    """One kernel specialization for ``python -m rawseq.kernels.aot`` (see that module's docstring).
+
+    Attributes:
+        name: row label, unique within the op, e.g. ``"fwd-bf16-T32-D16-N16"``.
+        fn: the ``@triton.jit`` function.
+        signature: every argument of ``fn`` by name -> triton type string: ``"*fp32"``, ``"*bf16"``, ``"*i32"``
+            (pointers), ``"i32"``, ``"i64"``, ``"fp32"`` (scalars) or ``"constexpr"``.
+        constexprs: value of every argument typed ``"constexpr"``.
+        num_warps, num_stages: launch options, as the launcher passes them.
+    """
+
+    name: str
+    fn: object
+    signature: dict[str, str]
+    constexprs: dict[str, object] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def _constexpr_params(fn) -> set[str]:
+    """Parameters of a ``@triton.jit`` function annotated ``tl.constexpr`` (read from the Python function: the
+    interpreter's wrapper has no ``params``)."""
+    params = inspect.signature(getattr(fn, "fn", fn)).parameters.values()
+    return {p.name for p in params if "constexpr" in str(p.annotation)}
 
 
 def aot_variant(name: str, fn, constexprs: dict, pointers: dict | None = None, default_pointer: str = "*fp32",
-                num_warps: int = 4, num_stages: int = 1) -> AotVariant:
+                num_warps: int = 4, num_stages: int = 1, *, stride_type: str = "i64",
+                unit_strides: tuple[str, ...] = ()) -> AotVariant:
     """An :class:`AotVariant` whose signature follows the argument names of ``fn``.
 
-    ``*_ptr`` arguments are pointers typed by ``pointers`` (default ``default_pointer``), ``stride_*`` arguments are
-    ``i64`` (the strides of large tensors), arguments in ``constexprs`` are ``constexpr`` and the rest ``i32``.
+    ``*_ptr`` arguments are pointers typed by ``pointers`` (default ``default_pointer``); ``stride_*`` arguments
+    are ``stride_type``, except those in ``unit_strides``, which are constexpr 1 (the JIT specializes an integer
+    argument equal to 1 that way); arguments in ``constexprs`` are ``constexpr`` and the rest ``i32``.
+
+    Raises:
+        ValueError: a ``tl.constexpr`` parameter of ``fn`` has no value in ``constexprs``.
     """
     pointers = pointers or {}
+    constexprs = {**constexprs, **{s: 1 for s in unit_strides}}
+    missing = _constexpr_params(fn) - set(constexprs)
+    if missing:
+        raise ValueError(f"AOT variant {name!r} of {fn.__name__} gives no value for constexpr {sorted(missing)}")
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
@@ -113,7 +119,7 @@ def aot_variant(name: str, fn, constexprs: dict, pointers: dict | None = None, d
         elif arg.endswith("_ptr"):
             signature[arg] = pointers.get(arg, default_pointer)
         elif arg.startswith("stride_"):
-            signature[arg] = "i64"
+            signature[arg] = stride_type
         else:
             signature[arg] = "i32"
-    return AotVariant(name, fn, signature, dict(constexprs), num_warps, num_stages)
+    return AotVariant(name, fn, signature, constexprs, num_warps, num_stages)

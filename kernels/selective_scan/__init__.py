@@ -7,58 +7,42 @@ Recurrence, per channel ``c`` and state index ``s`` (``g = c // (channels // gro
     y_t  = sum_s C_t[g, s] * h_t[s] + D[c] * x_t
     out  = y * silu(z)                                    (if z is given)
 
-``naive.py`` is the specification, ``chunked.py`` the fast CPU path (the "torch" backend), ``triton.py`` the
-GPU kernels.
+``naive.py`` is the specification, ``chunked.py`` the fast CPU path and decoding step (the "torch" backend),
+``triton`` the GPU kernels; ``rawseq.kernels.library`` registers the fast backends as one custom op.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from rawseq.kernels.common import check_same_device, check_tensor, resolve_backend
-from rawseq.kernels.common.checks import INT_DTYPES, check_divisible
+from rawseq.kernels import library
+from rawseq.kernels.common import TensorArgs, resolve_backend, step_function
+from rawseq.kernels.common.checks import INT_DTYPES
+from rawseq.kernels.selective_scan import chunked
+from rawseq.kernels.selective_scan.chunked import selective_scan_step_torch
 from rawseq.kernels.selective_scan.naive import selective_scan_naive, selective_scan_step_naive
 
 __all__ = ["selective_scan", "selective_scan_step"]
 
 _BACKENDS = ("naive", "torch", "triton")
-
-
-def _check(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx):
-    check_tensor("x", x, (None, None, None), "batch, length, channels")
-    batch, length, channels = x.shape
-    check_tensor("dt", dt, (batch, length, channels), "batch, length, channels")
-    check_tensor("A", A, (channels, None), "channels, nstate")
-    nstate = A.shape[1]
-    check_tensor("B", B, (batch, length, None, nstate), "batch, length, groups, nstate")
-    groups = B.shape[2]
-    check_divisible("channels", channels, "groups", groups)
-    check_tensor("C", C, (batch, length, groups, nstate), "batch, length, groups, nstate")
-    check_tensor("D", D, (channels,), "channels", optional=True)
-    check_tensor("z", z, (batch, length, channels), "batch, length, channels", optional=True)
-    check_tensor("dt_bias", dt_bias, (channels,), "channels", optional=True)
-    check_tensor("initial_state", initial_state, (batch, channels, nstate), "batch, channels, nstate", optional=True)
-    check_tensor("seq_idx", seq_idx, (batch, length), "batch, length", dtypes=INT_DTYPES, optional=True)
-    return check_same_device(
-        x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state, seq_idx=seq_idx
-    )
+_ARGS = TensorArgs(
+    {"x": "batch length channels", "dt": "batch length channels", "A": "channels nstate",
+     "B": "batch length groups nstate", "C": "batch length groups nstate", "D": "channels",
+     "z": "batch length channels", "dt_bias": "channels", "initial_state": "batch channels nstate",
+     "seq_idx": "batch length"},
+    optional=("D", "z", "dt_bias", "initial_state", "seq_idx"), dtypes={"seq_idx": INT_DTYPES},
+    nonzero=("channels", "nstate", "groups"), divisible=[("channels", "groups")],
+)
+_STEP_ARGS = _ARGS.without("length", state="batch channels nstate", initial_state="", seq_idx="",
+                           dtypes={"state": (torch.float32, torch.float64)})
+_STEPS = {"naive": selective_scan_step_naive, "torch": selective_scan_step_torch}
 
 
 def selective_scan(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    dt_bias: torch.Tensor | None = None,
-    dt_softplus: bool = True,
-    initial_state: torch.Tensor | None = None,
-    return_final_state: bool = False,
-    seq_idx: torch.Tensor | None = None,
-    reverse: bool = False,
-    backend: str = "auto",
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    dt_bias: Tensor | None = None, dt_softplus: bool = True, initial_state: Tensor | None = None,
+    return_final_state: bool = False, seq_idx: Tensor | None = None, reverse: bool = False, backend: str = "auto",
 ):
     """Mamba-1 selective scan over a batch of sequences.
 
@@ -81,35 +65,20 @@ def selective_scan(
         y: (batch, length, channels) in ``x.dtype``; with ``return_final_state`` also the final state
         (batch, channels, nstate) in float32 (float64 for float64 inputs).
     """
-    device = _check(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx)
+    _, device = _ARGS.check(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx)
     backend = resolve_backend(backend, device, op="selective_scan", available=_BACKENDS, dtype=x.dtype)
     args = (x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, reverse)
     if backend == "naive":
         y, state = selective_scan_naive(*args)
-    elif backend == "torch":
-        from rawseq.kernels.selective_scan.chunked import selective_scan_torch
-
-        y, state = selective_scan_torch(*args)
     else:
-        from rawseq.kernels.selective_scan.triton import selective_scan_triton
-
-        y, state = selective_scan_triton(*args)
+        y, state = library.selective_scan(*args, chunked.CHUNK, backend)
     return (y, state) if return_final_state else y
 
 
 def selective_scan_step(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    dt_bias: torch.Tensor | None = None,
-    dt_softplus: bool = True,
-    backend: str = "auto",
-) -> torch.Tensor:
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True, backend: str = "auto",
+) -> Tensor:
     """Advance a batch of decoding streams by one position, updating ``state`` in place.
 
     Args:
@@ -120,25 +89,6 @@ def selective_scan_step(
     Returns:
         y: (batch, channels) in ``x.dtype``.
     """
-    check_tensor("x", x, (None, None), "batch, channels")
-    batch, channels = x.shape
-    check_tensor("A", A, (channels, None), "channels, nstate")
-    nstate = A.shape[1]
-    check_tensor("state", state, (batch, channels, nstate), "batch, channels, nstate",
-                 dtypes=(torch.float32, torch.float64))
-    check_tensor("dt", dt, (batch, channels), "batch, channels")
-    check_tensor("B", B, (batch, None, nstate), "batch, groups, nstate")
-    groups = B.shape[1]
-    check_divisible("channels", channels, "groups", groups)
-    check_tensor("C", C, (batch, groups, nstate), "batch, groups, nstate")
-    check_tensor("D", D, (channels,), "channels", optional=True)
-    check_tensor("z", z, (batch, channels), "batch, channels", optional=True)
-    check_tensor("dt_bias", dt_bias, (channels,), "channels", optional=True)
-    device = check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    backend = resolve_backend(backend, device, op="selective_scan_step", available=_BACKENDS, dtype=x.dtype)
-    args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    if backend == "triton":
-        from rawseq.kernels.selective_scan.triton import selective_scan_step_triton
-
-        return selective_scan_step_triton(*args)
-    return selective_scan_step_naive(*args)
+    _, device = _STEP_ARGS.check(state, x, dt, A, B, C, D, z, dt_bias)
+    step = step_function("selective_scan", backend, device, x.dtype, _STEPS)
+    return step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -10,7 +10,7 @@ import torch
 from rawseq.kernels import selective_scan, selective_scan_step
 from rawseq.kernels.selective_scan.naive import selective_scan_naive
 
-sst = importlib.import_module("rawseq.kernels.selective_scan.triton")
+sst = importlib.import_module("rawseq.kernels.selective_scan.triton.launch")
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
@@ -100,9 +100,9 @@ def test_matches_naive(b, l, d, n, g, dtype, flags, monkeypatch):
 
 def test_split_forward_equals_single_pass():
     ins = _inputs(2, 70, 8, 4, 1, torch.float32)
-    prepared = sst._prepare(*ins, _seq_idx(2, 70))
-    y1, h1, _ = sst._selective_scan_fwd(*prepared[:8], True, *prepared[8:], False, False, nsplit=1)
-    y3, h3, _ = sst._selective_scan_fwd(*prepared[:8], True, *prepared[8:], False, False, nsplit=3)
+    args = (*ins[:8], True, ins[8], _seq_idx(2, 70), False)
+    y1, h1, _ = sst.selective_scan_fwd(*args, store_states=False, nsplit=1)
+    y3, h3, _ = sst.selective_scan_fwd(*args, store_states=False, nsplit=3)
     torch.testing.assert_close(y3, y1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h3, h1, rtol=1e-5, atol=1e-5)
 

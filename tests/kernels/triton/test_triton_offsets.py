@@ -11,7 +11,7 @@ Each case runs the public function with ``backend="triton"`` on the far views an
 (small offsets) and requires identical outputs, states and gradients, and compares them with the float64 torch
 backend. The decoding steps update a far state in place, which covers 64-bit offsets on the write side too; the
 sequence kernels write outputs that the launchers allocate, which stay below 2**31 elements at these sizes
-(``benchmarks/gpu_check.py`` checks outputs of more than 2**31 elements on a GPU).
+(``gpu_cases.py``, run by ``pytest -m gpu``, checks outputs of more than 2**31 elements on a GPU).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 from rawseq.kernels import causal_conv1d, causal_conv1d_step
 from rawseq.kernels.causal_conv1d.naive import causal_conv1d_naive, causal_conv1d_step_naive
 
-cct = importlib.import_module("rawseq.kernels.causal_conv1d.triton")
+cct = importlib.import_module("rawseq.kernels.causal_conv1d.triton.launch")
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 

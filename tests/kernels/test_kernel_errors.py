@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from _scan_cases import SELECTIVE_SCAN, SSD
@@ -85,3 +87,42 @@ def test_step_state_errors():
         ssd_step(torch.zeros(2, 8, 4), torch.randn(2, 8, 2), torch.randn(2, 8), -torch.rand(8), B, B)
     with pytest.raises(ValueError, match=r"state has shape \(2, 8, 4\), expected .* = \(2, 8, 3\)"):
         causal_conv1d_step(torch.zeros(2, 8, 4), x, torch.randn(8, 4))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ssd(**SSD.inputs(2, 5, (0, 3), 4, 1)), r"x has heads = 0"),
+        (lambda: ssd(**SSD.inputs(2, 5, (4, 0), 4, 1)), r"x has headdim = 0"),
+        (lambda: ssd(**SSD.inputs(2, 5, (4, 3), 0, 2)), r"B has nstate = 0"),
+        (lambda: selective_scan(**SELECTIVE_SCAN.inputs(2, 5, 8, 0, 2)), r"A has nstate = 0"),
+        (lambda: selective_scan(**SELECTIVE_SCAN.inputs(2, 5, 0, 4, 1)), r"x has channels = 0"),
+        (lambda: causal_conv1d(torch.randn(1, 4, 3), torch.randn(3, 0)), r"weight has width = 0"),
+        (lambda: ssd_step(torch.zeros(2, 0, 3, 4), torch.randn(2, 0, 3), torch.randn(2, 0), torch.randn(0),
+                          torch.randn(2, 1, 4), torch.randn(2, 1, 4)), r"state has heads = 0"),
+        (lambda: ssd_step(torch.zeros(2, 4, 3, 0), torch.randn(2, 4, 3), torch.randn(2, 4), torch.randn(4),
+                          torch.randn(2, 1, 0), torch.randn(2, 1, 0)), r"state has nstate = 0"),
+        (lambda: selective_scan_step(torch.zeros(2, 8, 0), torch.randn(2, 8), torch.randn(2, 8), torch.randn(8, 0),
+                                     torch.randn(2, 1, 0), torch.randn(2, 1, 0)), r"state has nstate = 0"),
+        (lambda: causal_conv1d_step(torch.zeros(2, 3, 0), torch.randn(2, 3), torch.randn(3, 0)),
+         r"weight has width = 0"),
+    ],
+    ids=["ssd-heads", "ssd-headdim", "ssd-nstate", "sscan-nstate", "sscan-channels", "conv-width", "ssd-step-heads",
+         "ssd-step-nstate", "sscan-step-nstate", "conv-step-width"],
+)
+def test_zero_sized_dimensions_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("missing", [(), ("D",), ("z", "dt_bias"), ("D", "z", "dt_bias", "initial_state")])
+def test_the_fast_check_accepts_what_the_full_check_accepts(missing):
+    """Arguments that are right pass the compiled predicate itself (the decoding steps' fast path), with the same
+    sizes and device as the argument-by-argument check."""
+    for op, inputs in (("selective_scan", _sscan()), ("ssd", _ssd())):
+        spec = importlib.import_module(f"rawseq.kernels.{op}")._ARGS  # the module, not the function of that name
+        args = [None if k in missing else inputs.get(k) for k in spec.axes]
+        args[-1] = torch.zeros(2, 5, dtype=torch.long)  # seq_idx
+        fast = spec._fast(*args)
+        assert fast is not None
+        assert fast == spec._check_one_by_one(args)

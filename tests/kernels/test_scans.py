@@ -233,3 +233,47 @@ def test_property_torch_equals_naive_in_float64(op, b, l, groups, per_group, n, 
 
 def test_tolerances_are_ordered():
     assert TOL[torch.float64] < TOL[FP32] < TOL[FP16] < TOL[BF16]
+
+
+@pytest.mark.parametrize("op", [SELECTIVE_SCAN, SSD], ids=["sscan", "ssd"])
+@pytest.mark.parametrize("backend", ["naive", "torch", "triton"])
+def test_seq_idx_reverse_with_boundaries_inside_chunks(op, backend):
+    """Length 50 with document starts at 13, 29 and 41 (row 0) and 7 (row 1): inside the torch chunks of 16, the
+    selective scan's chunks of 32, and the Triton tiles and chunks. Each document equals a separate reverse run;
+    outputs, final state and gradients match the float64 specification."""
+    l = 50
+    seq_idx = torch.tensor([[0] * 13 + [1] * 16 + [2] * 12 + [3] * 9, [5] * 7 + [6] * 43])
+    kw = {"chunk_size": 16} if op is SSD else {}
+    inputs = op.inputs(2, l, _width(op, 8), 4, 2, dtype=FP32)
+    y, state = op.run(inputs, backend, seq_idx=seq_idx, reverse=True, **kw)
+    for r, bounds in enumerate(([0, 13, 29, 41, 50], [0, 7, 50])):
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            part = {k: (v[r : r + 1, s:e] if v is not None and v.dim() >= 3 and v.shape[1] == l else v)
+                    for k, v in inputs.items()}
+            part["initial_state"] = inputs["initial_state"][r : r + 1] if e == l else None
+            part = leaves(part, torch.float64)
+            y_doc, state_doc = op.run(part, "naive", reverse=True)
+            assert_close(y[r : r + 1, s:e], y_doc, FP32, f"row {r} document [{s}, {e})")
+            if s == 0:  # a reverse scan ends in the first document
+                assert_close(state[r : r + 1], state_doc, FP32, f"row {r} final state")
+    compare_with_reference(op, backend, FP32, 2, l, _width(op, 8), 4, 2, seq_idx=seq_idx, reverse=True, **kw)
+
+
+@pytest.mark.parametrize("op", [SELECTIVE_SCAN, SSD], ids=["sscan", "ssd"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias", "bare"])
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_torch_step_matches_the_naive_step(op, groups, extras, dtype):
+    """The fast CPU decoding step (chunked.py) against the specification's, over steps that read what earlier ones
+    wrote, for one and several B/C groups, with and without D, z and dt_bias."""
+    inputs = op.inputs(3, 4, _width(op, 8), 4, groups, dtype=dtype, D=extras, z=extras, bias=extras)
+    state, ref_state = inputs["initial_state"].clone(), inputs["initial_state"].clone()
+    per_pos = {"x", "dt", "B", "C", "z"}
+    for t in range(4):
+        inputs_t = {k: (v[:, t] if k in per_pos and v is not None else v) for k, v in inputs.items()
+                    if k != "initial_state"}
+        y = op.step(state, inputs_t, "torch")
+        y_ref = op.step(ref_state, inputs_t, "naive")
+        assert y.dtype == y_ref.dtype == dtype
+        assert_close(y, y_ref.float(), dtype, f"y at step {t}")
+        assert_close(state, ref_state, FP32, f"state at step {t}")

@@ -32,12 +32,13 @@ def test_alignment_attrs_mark_pointers_and_strides():
 
     from rawseq.kernels.aot import alignment_attrs
 
-    module = importlib.import_module("rawseq.kernels.ssd.triton")
+    module = importlib.import_module("rawseq.kernels.ssd.triton.variants")
     variant = next(v for v in module.AOT_VARIANTS if v.name.startswith("out-bf16"))
     attrs = alignment_attrs(variant.fn, variant.signature)
     marked = {variant.fn.arg_names[i] for (i,) in attrs}
-    assert {"x_ptr", "y_ptr", "s_x_b", "s_x_l"} <= marked
-    assert not marked & {"L", "NC", "H", "Q", "s_x_p"}  # sizes, constexprs and unit strides stay unmarked
+    assert {"x_ptr", "y_ptr", "stride_xb", "stride_xl"} <= marked
+    # sizes, constexprs and unit strides stay unmarked
+    assert not marked & {"length", "nchunks", "heads", "Q", "stride_xp"}
     assert all(v == [["tt.divisibility", 16]] for v in attrs.values())
 
 
@@ -48,16 +49,25 @@ def test_aot_refuses_under_interpreter():
     assert proc.returncode != 0
 
 
-@pytest.mark.parametrize("op", ["selective_scan", "causal_conv1d"])
+@pytest.mark.parametrize("op", ["selective_scan", "causal_conv1d", "ssd"])
 def test_variants_are_well_formed(op):
     import importlib
 
     from rawseq.kernels.common.triton_utils import AotVariant
 
-    module = importlib.import_module(f"rawseq.kernels.{op}.triton")
+    module = importlib.import_module(f"rawseq.kernels.{op}.triton.variants")
     names = [v.name for v in module.AOT_VARIANTS]
     assert names and len(set(names)) == len(names)
     for v in module.AOT_VARIANTS:
         assert isinstance(v, AotVariant)
         assert set(v.signature) == set(v.fn.arg_names), v.name
         assert {k for k, t in v.signature.items() if t == "constexpr"} == set(v.constexprs), v.name
+
+
+def test_aot_variant_requires_every_constexpr():
+    from rawseq.kernels.common.triton_utils import aot_variant
+    from rawseq.kernels.ssd.triton.kernels import _ssd_step_kernel
+
+    with pytest.raises(ValueError, match=r"no value for constexpr \['BLOCK_N'"):
+        aot_variant("step", _ssd_step_kernel, {"HAS_D": True, "HAS_Z": True, "HAS_DT_BIAS": True,
+                                               "DT_SOFTPLUS": True, "BLOCK_P": 16})

@@ -1,4 +1,4 @@
-"""Triton kernels for the Mamba-1 selective scan, its backward and its single-step decode.
+"""Triton kernels of the Mamba-1 selective scan, its backward and its single-step decode.
 
 Layout: a program owns one batch row and a block of ``BLOCK_D`` channels (all within one B/C group) with the whole
 state ``(BLOCK_D, BLOCK_N)`` in registers, and walks time in tiles of ``T`` positions. Inside a tile it discretizes
@@ -21,33 +21,27 @@ Backward (``_selective_scan_bwd_kernel``, one program per batch row and channel 
 to the first: it recomputes the tile's states from the stored tile-start state with the same forward scan, then runs
 the adjoint recurrence ``g_t = C_t gy_t + a_{t+1} g_{t+1}`` as a reverse ``tl.associative_scan`` carrying ``dL/dh``
 across tiles. ``dB`` and ``dC`` are sums over channels, accumulated with float32 atomics (so not bitwise
-deterministic); ``dA``, ``dD`` and ``dt_bias`` get one partial per batch row, summed afterwards.
+deterministic); ``dA``, ``dD`` and ``dt_bias`` get one partial per batch row, summed by the launcher.
 
-Float64 inputs are rejected with a ValueError: use the ``torch`` backend for float64.
+Every scan is causal elementwise, so a non-finite input at position ``t`` reaches no state before ``t``; the
+backward keeps a zero gradient zero through any decay or input (``adjoint_combine``, ``grad_mul``), so positions
+after the last one the loss reaches contribute nothing to the gradients, whatever they hold.
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from rawseq.kernels.common.triton_utils import (
-    AotVariant,
-    aot_variant,
+from rawseq.kernels.common.tl_math import (
+    adjoint_combine,
+    grad_mul,
     linear_combine,
-    next_pow2,
-    num_sms,
     silu,
     silu_grad,
     softplus,
-    tl_dtype_name,
+    softplus_grad,
 )
-
-__all__ = ["selective_scan_triton", "selective_scan_step_triton", "SelectiveScanFunction", "AOT_VARIANTS"]
-
-# A length split must hold at least this many tiles before splitting pays for the extra pass over the inputs.
-MIN_TILES_PER_SPLIT = 8
 
 
 @triton.jit
@@ -60,14 +54,14 @@ def _scan_pos(s, length, REVERSE: tl.constexpr):
 
 @triton.jit
 def _keep(seq_ptr, seq_base, s, pos, valid, REVERSE: tl.constexpr):
-    """1.0 where step ``s`` continues the document of step ``s - 1`` (always at ``s == 0``), else 0.0."""
+    """True where step ``s`` continues the document of step ``s - 1`` (always at ``s == 0``)."""
     if REVERSE:
         prev = pos + 1
     else:
         prev = pos - 1
     cur_id = tl.load(seq_ptr + seq_base + pos, mask=valid, other=0)
     prev_id = tl.load(seq_ptr + seq_base + prev, mask=valid & (s > 0), other=0)
-    return tl.where((s == 0) | (cur_id == prev_id), 1.0, 0.0)
+    return (s == 0) | (cur_id == prev_id)
 
 
 @triton.jit
@@ -85,7 +79,8 @@ def _load_tile(
     LOAD_C: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Raw inputs of scan steps ``s`` (T,) where ``valid``, in their storage dtype: x, dt, z (T, BLOCK_D), B, C
-    (T, BLOCK_N) and keep (T,) (0.0 where a document starts). Unused outputs (C, z) alias x or B."""
+    (T, BLOCK_N) and keep (T,) (False where a document starts; unused without HAS_SEQ). Unused outputs (C, z)
+    alias x or B."""
     pos = _scan_pos(s, length, REVERSE).to(tl.int64)
     mask_td = valid[:, None] & mask_d[None, :]
     mask_tn = valid[:, None] & mask_n[None, :]
@@ -105,18 +100,20 @@ def _load_tile(
     if HAS_SEQ:
         keep = _keep(seq_ptr, pid_b * stride_seqb, s, pos, valid, REVERSE)
     else:
-        keep = tl.full(s.shape, 1.0, tl.float32)
+        keep = valid
     return x, dt, Bt, Ct, z, keep
 
 
 @triton.jit
-def _discretize(x, dt, Bt, keep, A, dt_bias, valid, mask_d, DT_SOFTPLUS: tl.constexpr):
+def _discretize(x, dt, Bt, keep, A, dt_bias, valid, mask_d, HAS_SEQ: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
     """float32 x, raw dt (+ dt_bias), delta (T, BLOCK_D) and the affine map of each step, a and b
     (T, BLOCK_D, BLOCK_N). Steps past the end get delta = 0, hence a = 1, b = 0."""
     x = x.to(tl.float32)
     raw = dt.to(tl.float32) + dt_bias[None, :]
     delta = tl.where(valid[:, None] & mask_d[None, :], _delta(raw, DT_SOFTPLUS), 0.0)
-    a = tl.exp(delta[:, :, None] * A[None, :, :]) * keep[:, None, None]
+    a = tl.exp(delta[:, :, None] * A[None, :, :])
+    if HAS_SEQ:
+        a = tl.where(keep[:, None, None], a, 0.0)
     b = (delta * x)[:, :, None] * Bt.to(tl.float32)[:, None, :]
     return x, raw, delta, a, b
 
@@ -135,7 +132,7 @@ def _tile_inputs(
         stride_xb, stride_xl, stride_dtb, stride_dtl, stride_Bb, stride_Bl, stride_Bg, 0, 0, 0, 0, 0, stride_seqb,
         False, False, HAS_SEQ, REVERSE,
     )
-    x, raw, delta, a, b = _discretize(x, dt, Bt, keep, A, dt_bias, valid, mask_d, DT_SOFTPLUS)
+    x, raw, delta, a, b = _discretize(x, dt, Bt, keep, A, dt_bias, valid, mask_d, HAS_SEQ, DT_SOFTPLUS)
     pos = _scan_pos(s, length, REVERSE).to(tl.int64)
     return pos, valid, x, raw, delta, a, b
 
@@ -144,6 +141,27 @@ def _tile_inputs(
 def _last_row(t, rows, T: tl.constexpr):
     """Row ``T - 1`` of a (T, BLOCK_D, BLOCK_N) block."""
     return tl.sum(tl.where((rows == T - 1)[:, None, None], t, 0.0), axis=0)
+
+
+@triton.jit
+def _channel_block(A_ptr, dt_bias_ptr, channels, nstate, group_size, HAS_DT_BIAS: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's ``BLOCK_D`` channels (all in one B/C group ``g``) and ``BLOCK_N`` state entries: offsets,
+    masks, flat (channel, state) offsets ``dn``, and their A (BLOCK_D, BLOCK_N) and dt_bias (BLOCK_D,)."""
+    pid_d = tl.program_id(0)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < channels
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < nstate
+    g = (pid_d * BLOCK_D) // group_size
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    dn = offs_d.to(tl.int64)[:, None] * nstate + offs_n[None, :]
+    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        dt_bias = tl.zeros((BLOCK_D,), tl.float32)
+    return offs_d, mask_d, offs_n, mask_n, g, mask_dn, dn, A, dt_bias
 
 
 @triton.jit
@@ -158,23 +176,11 @@ def _selective_scan_fwd_kernel(
     HAS_INIT: tl.constexpr, DT_SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, STORE_STATES: tl.constexpr,
     T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < channels
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < nstate
+    offs_d, mask_d, offs_n, mask_n, g, mask_dn, dn, A, dt_bias = _channel_block(
+        A_ptr, dt_bias_ptr, channels, nstate, group_size, HAS_DT_BIAS, BLOCK_D, BLOCK_N)
     rows = tl.arange(0, T)
-    g = (pid_d * BLOCK_D) // group_size
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn = offs_d.to(tl.int64)[:, None] * nstate + offs_n[None, :]
-
-    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0)
-    else:
-        dt_bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_INIT:
@@ -204,7 +210,8 @@ def _selective_scan_fwd_kernel(
             stride_Bg, stride_Cb, stride_Cl, stride_Cg, stride_zb, stride_zl, stride_seqb,
             True, HAS_Z, HAS_SEQ, REVERSE,
         )
-        x, raw, delta, a, b = _discretize(x_raw, dt_raw, B_raw, keep, A, dt_bias, valid, mask_d, DT_SOFTPLUS)
+        x, raw, delta, a, b = _discretize(x_raw, dt_raw, B_raw, keep, A, dt_bias, valid, mask_d, HAS_SEQ,
+                                          DT_SOFTPLUS)
         if STORE_STATES:
             tl.store(states_ptr + (pid_b * ntiles + k) * channels * nstate + dn, h, mask=mask_dn & (k < ntiles))
         acum, bcum = tl.associative_scan((a, b), 0, linear_combine)
@@ -232,22 +239,11 @@ def _selective_scan_chunk_state_kernel(
     T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Per length split: the end state from a zero start and the product of the decays, (batch, nsplit, d, n)."""
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < channels
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < nstate
+    offs_d, mask_d, offs_n, mask_n, g, mask_dn, dn, A, dt_bias = _channel_block(
+        A_ptr, dt_bias_ptr, channels, nstate, group_size, HAS_DT_BIAS, BLOCK_D, BLOCK_N)
     rows = tl.arange(0, T)
-    g = (pid_d * BLOCK_D) // group_size
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn = offs_d.to(tl.int64)[:, None] * nstate + offs_n[None, :]
-    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0)
-    else:
-        dt_bias = tl.zeros((BLOCK_D,), tl.float32)
     h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     p = tl.full((BLOCK_D, BLOCK_N), 1.0, tl.float32)
     # Loop bounds are plain arguments (the interpreter needs them so); the last split's surplus tiles lie past the
@@ -306,22 +302,10 @@ def _selective_scan_bwd_kernel(
 ):
     """dx, ddt, dz share the layout of dy (contiguous (b, l, d)); dB, dC are float32 (b, l, g, n) accumulated with
     atomics; dA (b, d, n), dD (b, d), ddt_bias (b, d) are per-batch partials; dinit (b, d, n)."""
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < channels
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < nstate
+    offs_d, mask_d, offs_n, mask_n, g, mask_dn, dn, A, dt_bias = _channel_block(
+        A_ptr, dt_bias_ptr, channels, nstate, group_size, HAS_DT_BIAS, BLOCK_D, BLOCK_N)
     rows = tl.arange(0, T)
-    g = (pid_d * BLOCK_D) // group_size
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn = offs_d.to(tl.int64)[:, None] * nstate + offs_n[None, :]
-
-    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0)
-    else:
-        dt_bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_DFINAL:
@@ -356,36 +340,37 @@ def _selective_scan_bwd_kernel(
         alpha = tl.exp(delta1[:, :, None] * A[None, :, :])
         if HAS_SEQ:
             keep1 = _keep(seq_ptr, pid_b * stride_seqb, s + 1, pos1, nxt, REVERSE)
-            alpha = alpha * keep1[:, None, None]
+            alpha = tl.where(keep1[:, None, None], alpha, 0.0)
 
         dy = tl.load(dy_ptr + pid_b * stride_dyb + pos[:, None] * stride_dyl + offs_d[None, :], mask=mask_td,
                      other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + pid_b * stride_zb + pos[:, None] * stride_zl + offs_d[None, :], mask=mask_td,
                         other=0.0).to(tl.float32)
-            gy = dy * silu(z)
+            gy = grad_mul(dy, silu(z))
         else:
             gy = dy
         Ct = tl.load(C_ptr + pid_b * stride_Cb + pos[:, None] * stride_Cl + g * stride_Cg + offs_n[None, :],
                      mask=valid[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         Bt = tl.load(B_ptr + pid_b * stride_Bb + pos[:, None] * stride_Bl + g * stride_Bg + offs_n[None, :],
                      mask=valid[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        c = gy[:, :, None] * Ct[:, None, :]
-        galpha, gc = tl.associative_scan((alpha, c), 0, linear_combine, reverse=True)
-        gs = tl.where(valid[:, None, None], gc + galpha * carry[None, :, :], 0.0)
-        carry = tl.sum(tl.where((rows == 0)[:, None, None], a * gs, 0.0), axis=0)
+        c = grad_mul(gy[:, :, None], Ct[:, None, :])
+        galpha, gc = tl.associative_scan((alpha, c), 0, adjoint_combine, reverse=True)
+        gs = tl.where(valid[:, None, None], gc + grad_mul(carry[None, :, :], galpha), 0.0)
+        carry = tl.sum(tl.where((rows == 0)[:, None, None], grad_mul(gs, a), 0.0), axis=0)
 
         # a_t h_{t-1} = h_t - b_t, so dL/da_t * a_t needs no shifted copy of the states.
-        q = gs * (hs - b)
-        dA_acc += tl.sum(q * delta[:, :, None], axis=0)
-        gB = tl.sum(gs * Bt[:, None, :], axis=2)
-        ddelta = tl.sum(q * A[None, :, :], axis=2) + x * gB
+        q = grad_mul(gs, hs - b)
+        dA_acc += tl.sum(grad_mul(q, delta[:, :, None]), axis=0)
+        gB = tl.sum(grad_mul(gs, Bt[:, None, :]), axis=2)
+        ddelta = tl.sum(q * A[None, :, :], axis=2) + grad_mul(gB, x)
+        # dx, dz, dB, dC belong to this position only: where the loss does not reach it they need no guard
         dx = delta * gB
         if HAS_D:
             dx += D[None, :] * gy
-            dD_acc += tl.sum(gy * x, axis=0)
+            dD_acc += tl.sum(grad_mul(gy, x), axis=0)
         if DT_SOFTPLUS:
-            ddelta = ddelta * tl.sigmoid(raw)
+            ddelta = grad_mul(ddelta, softplus_grad(raw))
         ddelta = tl.where(mask_td, ddelta, 0.0)
         dbias_acc += tl.sum(ddelta, axis=0)
         out = pid_b * stride_dyb + pos[:, None] * stride_dyl + offs_d[None, :]
@@ -446,263 +431,3 @@ def _selective_scan_step_kernel(
     if HAS_Z:
         y *= silu(tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=mask_d, other=0.0).to(tl.float32))
     tl.store(y_ptr + pid_b * stride_yb + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-
-
-def _config(device: torch.device, nstate: int, group_size: int, backward: bool = False):
-    """(T, BLOCK_D, BLOCK_N, num_warps). BLOCK_D divides the group size, so a block reads one B/C group.
-
-    T must be the same forward and backward (the stored states are T apart). The backward keeps many more
-    (T, BLOCK_D, BLOCK_N) blocks live; at 2048 elements on 8 warps it compiles without spills (``python -m
-    rawseq.kernels.aot`` shows the registers), where 4096 spilled.
-    """
-    block_n = next_pow2(nstate)
-    if device.type == "cuda":
-        t = 32 if block_n <= 16 else 16
-        budget = 2048 if backward else 8192
-    else:  # the interpreter: small blocks keep its numpy work small
-        t, budget = 16, 1024
-    block_d = 1
-    while block_d * 2 <= 64 and group_size % (block_d * 2) == 0 and t * block_n * block_d * 2 <= budget:
-        block_d *= 2
-    num_warps = 8 if (backward or t * block_n * block_d >= 8192) else 4
-    return t, block_d, block_n, num_warps
-
-
-def _step_blocks(nstate: int, group_size: int):
-    """(BLOCK_D, BLOCK_N) of the decoding step: up to 64 channels of one group, at most 4096 state entries."""
-    block_n = next_pow2(nstate)
-    block_d = 1
-    while block_d * 2 <= 64 and group_size % (block_d * 2) == 0 and block_d * 2 * block_n <= 4096:
-        block_d *= 2
-    return block_d, block_n
-
-
-def _last_dim_contiguous(t):
-    return None if t is None else (t if t.stride(-1) == 1 else t.contiguous())
-
-
-def _f32(t):
-    return None if t is None else t.float().contiguous()
-
-
-def _check_dtypes(*tensors):
-    for t in tensors:
-        if t is not None and t.dtype == torch.float64:
-            raise ValueError("the triton selective scan computes in float32; use backend='torch' for float64 inputs")
-
-
-def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx):
-    _check_dtypes(x, dt, A, B, C, D, z, dt_bias, initial_state)
-    x, dt, z, B, C = (_last_dim_contiguous(t) for t in (x, dt, z, B, C))
-    seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
-    return x, dt, _f32(A), B, C, _f32(D), z, _f32(dt_bias), _f32(initial_state), seq
-
-
-def _selective_scan_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq, reverse, store_states,
-                        nsplit=None):
-    """Launches the forward. Inputs already prepared by ``_prepare``. Returns y, final state, tile-start states."""
-    batch, length, channels = x.shape
-    groups, nstate = B.shape[2], B.shape[3]
-    group_size = channels // groups
-    t, block_d, block_n, num_warps = _config(x.device, nstate, group_size)
-    ntiles = triton.cdiv(length, t)
-    nd = triton.cdiv(channels, block_d)
-    y = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
-    final = torch.empty(batch, channels, nstate, dtype=torch.float32, device=x.device)
-    states = torch.empty(batch, ntiles if store_states else 0, channels, nstate, dtype=torch.float32,
-                         device=x.device)
-    if length == 0:
-        final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
-        return y, final, states
-    if nsplit is None:
-        wanted = triton.cdiv(2 * num_sms(x.device), nd * batch)
-        nsplit = max(1, min(wanted, ntiles // MIN_TILES_PER_SPLIT))
-    tiles_per_split = triton.cdiv(ntiles, max(1, min(nsplit, ntiles)))
-    nsplit = triton.cdiv(ntiles, tiles_per_split)
-    seq_arg = seq if seq is not None else x
-    stride_seqb = seq.stride(0) if seq is not None else 0
-    dt_bias_arg = dt_bias if dt_bias is not None else A
-
-    if nsplit > 1:
-        ends = torch.empty(batch, nsplit, channels, nstate, dtype=torch.float32, device=x.device)
-        decays = torch.empty_like(ends)
-        starts = torch.empty_like(ends)
-        _selective_scan_chunk_state_kernel[(nd, batch, nsplit - 1)](
-            x, dt, A, B, dt_bias_arg, seq_arg, ends, decays,
-            length, channels, nstate, group_size, tiles_per_split, nsplit,
-            x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
-            stride_seqb,
-            HAS_DT_BIAS=dt_bias is not None, HAS_SEQ=seq is not None, DT_SOFTPLUS=dt_softplus, REVERSE=reverse,
-            T=t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
-        )
-        _selective_scan_state_passing_kernel[(nd, batch)](
-            ends, decays, initial_state if initial_state is not None else ends, starts, channels, nstate, nsplit,
-            HAS_INIT=initial_state is not None, BLOCK_D=block_d, BLOCK_N=block_n,
-        )
-        init, stride_initb, stride_inits = starts, starts.stride(0), starts.stride(1)
-    elif initial_state is not None:
-        init, stride_initb, stride_inits = initial_state, initial_state.stride(0), 0
-    else:
-        init, stride_initb, stride_inits = None, 0, 0
-
-    _selective_scan_fwd_kernel[(nd, batch, nsplit)](
-        x, dt, A, B, C, D if D is not None else A, z if z is not None else x, dt_bias_arg, seq_arg,
-        init if init is not None else final, y, final, states,
-        length, channels, nstate, group_size, ntiles, tiles_per_split,
-        x.stride(0), x.stride(1), dt.stride(0), dt.stride(1),
-        z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        y.stride(0), y.stride(1), stride_seqb, stride_initb, stride_inits,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, HAS_SEQ=seq is not None,
-        HAS_INIT=init is not None, DT_SOFTPLUS=dt_softplus, REVERSE=reverse, STORE_STATES=store_states,
-        T=t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
-    )
-    return y, final, states
-
-
-def _selective_scan_bwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq, reverse, states, dy,
-                        dfinal):
-    """Launches the backward. Returns float32 or input-dtype gradients in argument order (x, dt, A, B, C, D, z,
-    dt_bias, initial_state); reductions over batch (dA, dD, dt_bias) are finished here."""
-    batch, length, channels = x.shape
-    groups, nstate = B.shape[2], B.shape[3]
-    group_size = channels // groups
-    t, block_d, block_n, num_warps = _config(x.device, nstate, group_size, backward=True)
-    nd = triton.cdiv(channels, block_d)
-    dy = dy.contiguous()
-    dx = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
-    ddt = torch.empty(batch, length, channels, dtype=dt.dtype, device=x.device)
-    dz = torch.empty(batch, length, channels, dtype=z.dtype, device=x.device) if z is not None else None
-    dB = torch.zeros(batch, length, groups, nstate, dtype=torch.float32, device=x.device)
-    dC = torch.zeros_like(dB)
-    dinit = torch.empty(batch, channels, nstate, dtype=torch.float32, device=x.device)
-    dA = torch.empty(batch, channels, nstate, dtype=torch.float32, device=x.device)
-    dD = torch.empty(batch, channels, dtype=torch.float32, device=x.device)
-    ddt_bias = torch.empty(batch, channels, dtype=torch.float32, device=x.device)
-    if length == 0:
-        dinit = dfinal.float() if dfinal is not None else torch.zeros_like(dinit)
-        zeros = torch.zeros_like(dA)
-        return dx, ddt, zeros.sum(0), dB, dC, zeros[..., 0].sum(0), dz, zeros[..., 0].sum(0), dinit
-    if dfinal is not None:
-        dfinal = dfinal.float().contiguous()
-    _selective_scan_bwd_kernel[(nd, batch)](
-        x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
-        dt_bias if dt_bias is not None else A, seq if seq is not None else x, states, dy,
-        dfinal if dfinal is not None else dinit,
-        dx, ddt, dB, dC, dz if dz is not None else dx, dinit, dA, dD, ddt_bias,
-        length, channels, nstate, group_size, triton.cdiv(length, t),
-        x.stride(0), x.stride(1), dt.stride(0), dt.stride(1),
-        z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dy.stride(0), dy.stride(1), seq.stride(0) if seq is not None else 0,
-        dB.stride(0), dB.stride(1), dB.stride(2),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, HAS_SEQ=seq is not None,
-        HAS_INIT=initial_state is not None, HAS_DFINAL=dfinal is not None, DT_SOFTPLUS=dt_softplus,
-        REVERSE=reverse, T=t, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
-    )
-    return dx, ddt, dA.sum(0), dB, dC, dD.sum(0), dz, ddt_bias.sum(0), dinit
-
-
-class SelectiveScanFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, dt_softplus, reverse):
-        orig = (x, dt, A, B, C, D, z, dt_bias, initial_state)
-        prepared = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx)
-        store = any(ctx.needs_input_grad)
-        y, final, states = _selective_scan_fwd(*prepared[:8], dt_softplus, *prepared[8:], reverse, store)
-        if store:
-            ctx.save_for_backward(*prepared, states)
-            ctx.dtypes = tuple(None if t is None else t.dtype for t in orig)
-            ctx.dt_softplus, ctx.reverse = dt_softplus, reverse
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        *prepared, states = ctx.saved_tensors
-        x, dt, A, B, C, D, z, dt_bias, initial_state, seq = prepared
-        if dy is None:
-            dy = torch.zeros_like(x)
-        grads = _selective_scan_bwd(x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, initial_state, seq,
-                                    ctx.reverse, states, dy, dfinal)
-        out = []
-        for g, dtype, needed in zip(grads, ctx.dtypes, ctx.needs_input_grad[:9]):
-            out.append(g.to(dtype) if (needed and g is not None) else None)
-        return (*out, None, None, None)
-
-
-def selective_scan_triton(
-    x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None, seq_idx=None, reverse=False
-):
-    """Same arguments as :func:`rawseq.kernels.selective_scan`; returns ``(y, final_state)``.
-
-    ``final_state`` is float32; float64 inputs raise ValueError (use the torch backend).
-    """
-    return SelectiveScanFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, dt_softplus,
-                                       bool(reverse))
-
-
-def selective_scan_step_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
-    """Same arguments as :func:`rawseq.kernels.selective_scan_step`; updates the float32 ``state`` in place."""
-    _check_dtypes(state, x, dt, A, B, C, D, z, dt_bias)
-    batch, channels = x.shape
-    groups, nstate = B.shape[1], B.shape[2]
-    group_size = channels // groups
-    block_d, block_n = _step_blocks(nstate, group_size)
-    x, dt, z, B, C = (_last_dim_contiguous(t) for t in (x, dt, z, B, C))
-    A, D, dt_bias = _f32(A), _f32(D), _f32(dt_bias)
-    y = torch.empty(batch, channels, dtype=x.dtype, device=x.device)
-    _selective_scan_step_kernel[(triton.cdiv(channels, block_d), batch)](
-        state, x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
-        dt_bias if dt_bias is not None else A, y,
-        channels, nstate, group_size,
-        state.stride(0), state.stride(1), state.stride(2), x.stride(0), dt.stride(0),
-        z.stride(0) if z is not None else 0, B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n,
-    )
-    return y
-
-
-def _aot_variants() -> list[AotVariant]:
-    """The launchers' CUDA blocks for state sizes 16 (T=32) and 128 (T=16), in each input dtype.
-
-    Flags that only add or drop loads (D, z, dt_bias, softplus) are on; seq_idx, reverse and state storing are listed
-    in the combinations that change the code most.
-    """
-    cuda = torch.device("cuda")
-    variants = []
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        name = tl_dtype_name(dtype)
-        e = "*" + name
-        ptrs = {k: e for k in ("x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr", "dy_ptr", "dx_ptr", "ddt_ptr",
-                               "dz_ptr")}
-        ptrs["seq_ptr"] = "*i32"
-        flags = {"HAS_D": True, "HAS_Z": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True}
-        for nstate in (16, 128):
-            t, block_d, block_n, warps = _config(cuda, nstate, 1 << 12)
-            blocks = {"T": t, "BLOCK_D": block_d, "BLOCK_N": block_n}
-            tag = f"{name}-T{t}-D{block_d}-N{block_n}"
-            for seq, rev, store in ((False, False, False), (True, True, True)):
-                cx = {**flags, **blocks, "HAS_SEQ": seq, "HAS_INIT": True, "REVERSE": rev, "STORE_STATES": store}
-                variants.append(aot_variant(f"fwd-{tag}-seq{int(seq)}-rev{int(rev)}-store{int(store)}",
-                                            _selective_scan_fwd_kernel, cx, ptrs, num_warps=warps))
-            cx = {"HAS_DT_BIAS": True, "HAS_SEQ": True, "DT_SOFTPLUS": True, "REVERSE": False, **blocks}
-            variants.append(aot_variant(f"chunk_state-{tag}", _selective_scan_chunk_state_kernel, cx, ptrs,
-                                        num_warps=warps))
-            t, block_d, block_n, warps = _config(cuda, nstate, 1 << 12, backward=True)
-            cx = {**flags, "T": t, "BLOCK_D": block_d, "BLOCK_N": block_n, "HAS_SEQ": True, "HAS_INIT": True,
-                  "HAS_DFINAL": True, "REVERSE": True}
-            variants.append(aot_variant(f"bwd-{name}-T{t}-D{block_d}-N{block_n}-seq1-rev1",
-                                        _selective_scan_bwd_kernel, cx, ptrs, num_warps=warps))
-            step_d, _ = _step_blocks(nstate, 1 << 12)
-            cx = {"HAS_D": True, "HAS_Z": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "BLOCK_D": step_d,
-                  "BLOCK_N": block_n}
-            variants.append(aot_variant(f"step-{name}-D{step_d}-N{block_n}", _selective_scan_step_kernel, cx, ptrs))
-    for nstate in (16, 128):
-        _, block_d, block_n, _ = _config(cuda, nstate, 1 << 12)
-        cx = {"HAS_INIT": True, "BLOCK_D": block_d, "BLOCK_N": block_n}
-        variants.append(aot_variant(f"state_passing-D{block_d}-N{block_n}", _selective_scan_state_passing_kernel, cx))
-    return variants
-
-
-AOT_VARIANTS = _aot_variants()

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports the @triton.jit kernels
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from rawseq.kernels.ssd import ssd, ssd_step  # noqa: E402
-from rawseq.kernels.ssd.naive import ssd_naive, ssd_step_naive  # noqa: E402
-from rawseq.kernels.ssd.triton import ssd_step_triton, ssd_triton  # noqa: E402
-
-pytestmark = pytest.mark.triton
+from rawseq.kernels.ssd import ssd, ssd_step
+from rawseq.kernels.ssd.naive import ssd_naive, ssd_step_naive
+from rawseq.kernels.ssd.triton import ssd_step_triton, ssd_triton
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
@@ -174,13 +170,13 @@ def test_ssd_step_public_dispatch_no_optional():
 
 def test_ssd_triton_fp32_takes_tf32_products_when_torch_allows_them(monkeypatch):
     """fp32 inputs run the TF32 variant (IEEE=False) when PyTorch allows TF32 matmuls; the interpreter's products
-    stay exact, so this checks the variant's code path, not TF32 rounding (that needs a GPU: benchmarks/gpu_check)."""
+    stay exact, so this checks the variant's code path, not TF32 rounding (that needs a GPU: ``pytest -m gpu``)."""
     import importlib
 
-    ssd_mod = importlib.import_module("rawseq.kernels.ssd.triton")
-    assert ssd_mod._ieee(torch.float32) and not ssd_mod._ieee(torch.bfloat16)
+    ssd_mod = importlib.import_module("rawseq.kernels.ssd.triton.launch")
+    assert ssd_mod.ieee_products(torch.float32) and not ssd_mod.ieee_products(torch.bfloat16)
     monkeypatch.setattr(ssd_mod, "tf32_allowed", lambda: True)
-    assert not ssd_mod._ieee(torch.float32)
+    assert not ssd_mod.ieee_products(torch.float32)
     _check_against_naive(_inputs(2, 70, 2, 8, 16, 1, torch.float32), torch.float32)
 
 
