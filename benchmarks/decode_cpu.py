@@ -26,6 +26,7 @@ from _common import machine, table  # noqa: E402
 
 WIDTH, LAYERS = 256, 4
 CONFIGS = {
+    "Mamba x4": {"ssm": "mamba", "d_state": 16},
     "Mamba-2 x4": {"ssm": "mamba2"},
     "Mamba-2, attention, Mamba-2, attention": {"layers": ["mamba2", "attention", "mamba2", "attention"]},
     "the same, attention window 64": {"layers": ["mamba2", "attention", "mamba2", "attention"], "attn_window": 64},
@@ -34,7 +35,7 @@ CONFIGS = {
 
 def _step_via_forward(self, hidden, state):
     """Attention.step as the parallel forward computes it: a chunk of one position against the cache."""
-    y, new = self._attend(hidden.unsqueeze(1), None, state, True)
+    y, new = self._mix(hidden.unsqueeze(1), None, state, True)
     state.update(new)
     return y.squeeze(1)
 
@@ -75,7 +76,7 @@ def main() -> None:
     dedicated_step = Attention.step
     cases = []  # (model name, attention step label, model, step function)
     for name, kw in CONFIGS.items():
-        model = ByteLM(ByteLMConfig(d_model=WIDTH, n_layers=LAYERS, headdim=64, d_state=64, **kw)).eval()
+        model = ByteLM(ByteLMConfig(d_model=WIDTH, n_layers=LAYERS, headdim=64, **({"d_state": 64} | kw))).eval()
         cases.append((name, "step", model, dedicated_step))
         if "layers" in kw:
             cases.append((name, "attention through the forward's path", model, _step_via_forward))

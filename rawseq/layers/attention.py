@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rawseq.kernels.common import resets_from_seq_idx
+from rawseq.layers.mixer import Mixer
 
 
 def _rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,7 @@ def _doc_starts(seq_idx: torch.Tensor | None, batch: int, length: int, device) -
     return torch.where(resets, idx, torch.zeros_like(idx)).cummax(dim=1).values
 
 
-class Attention(nn.Module):
+class Attention(Mixer):
     """Scaled-dot-product attention through ``F.scaled_dot_product_attention``.
 
     Args:
@@ -94,27 +95,6 @@ class Attention(nn.Module):
             "length": torch.zeros(batch, dtype=torch.long, device=device),
         }
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        seq_idx: torch.Tensor | None = None,
-        initial_state: dict | None = None,
-        return_state: bool = False,
-    ):
-        """Attend over a batch of sequences, continuing from a KV cache if one is given.
-
-        Args:
-            hidden: (b, l, d_model).
-            seq_idx: (b, l) document ids; only the chunk's first document continues ``initial_state``.
-            initial_state: a KV cache (see the module docstring); it is not modified.
-            return_state: also return the KV cache after the last position (only the last document's keys).
-
-        Returns:
-            (b, l, d_model), and with ``return_state`` the new cache.
-        """
-        y, state = self._attend(hidden, seq_idx, initial_state, return_state)
-        return (y, state) if return_state else y
-
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model); the KV cache in ``state`` is updated in place.
 
@@ -124,7 +104,7 @@ class Attention(nn.Module):
         ~1.1 ms through that path at a 300-position cache).
         """
         if not self.causal:
-            raise ValueError("a bidirectional attention layer has no decoding state")
+            self._no_decoding()
         batch = hidden.shape[0]
         h, kvh = self.n_heads, self.n_kv_heads
         qkv = self.qkv_proj(hidden).view(batch, 1, h + 2 * kvh, self.head_dim)  # (b, 1, h + 2 kvh, hd)
@@ -153,11 +133,11 @@ class Attention(nn.Module):
         )
         return self.out_proj(y.reshape(batch, h * self.head_dim))
 
-    def _attend(self, hidden, seq_idx, state, want_state):
+    def _mix(self, hidden, seq_idx, state, want_state):
+        """Attend over a batch of sequences (b, l, d_model), continuing from the KV cache ``state`` if one is given;
+        only the chunk's first document continues it, and the returned cache holds only the last document's keys."""
         batch, length, _ = hidden.shape
         device = hidden.device
-        if state is not None and not self.causal:
-            raise ValueError("a bidirectional attention layer has no decoding state")
         qkv = self.qkv_proj(hidden).unflatten(-1, (-1, self.head_dim))  # (b, l, d) -> (b, l, h + 2 kvh, hd)
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rawseq.layers.mixer import Mixer
 from rawseq.layers.norm import RMSNorm
 
 
@@ -34,10 +35,15 @@ class Block(nn.Module):
         self.mlp = mlp
 
     def _residual(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.float() if self.residual_in_fp32 else hidden
+        return hidden.float() if self.residual_in_fp32 and hidden.dtype != torch.float32 else hidden
+
+    @staticmethod
+    def _as_param_dtype(norm: RMSNorm, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = norm._parameters["weight"].dtype
+        return hidden if hidden.dtype == dtype else hidden.to(dtype)
 
     def _normed(self, norm: RMSNorm, hidden: torch.Tensor) -> torch.Tensor:
-        return norm(hidden if hidden.dtype == norm.weight.dtype else hidden.to(norm.weight.dtype))
+        return norm(self._as_param_dtype(norm, hidden))
 
     def _mlp(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:
@@ -58,26 +64,43 @@ class Block(nn.Module):
         return (hidden, state) if return_state else hidden
 
     def step(self, hidden: torch.Tensor, state) -> torch.Tensor:
-        """hidden (b, d_model) -> (b, d_model); the mixer's ``state`` is updated in place."""
-        out = self.mixer.step(self._normed(self.norm, hidden), state)
-        return self._mlp(self._residual(hidden) + out)
+        """hidden (b, d_model) -> (b, d_model); the mixer's ``state`` is updated in place.
+
+        The submodules are read from the module's dict and the norms called through ``forward``: at batch 1 a step
+        costs its count of Python-level operations.
+        """
+        modules = self._modules
+        norm = modules["norm"]
+        out = modules["mixer"].step(norm.forward(self._as_param_dtype(norm, hidden)), state)
+        hidden = self._residual(hidden) + out
+        mlp = modules.get("mlp")  # a None submodule is a plain attribute, not in the dict
+        if mlp is None:
+            return hidden
+        mlp_norm = modules["mlp_norm"]
+        return hidden + mlp(mlp_norm.forward(self._as_param_dtype(mlp_norm, hidden)))
 
 
-class Bidirectional(nn.Module):
-    """Sum of a forward mixer and a mixer that reads the sequence from its end (for encoders)."""
+class Bidirectional(Mixer):
+    """Sum of a forward mixer and a mixer that reads the sequence from its end (for encoders).
+
+    This wrapper owns the reversal: the reverse mixer is an ordinary causal mixer given the flipped sequence (and
+    flipped document ids), and its output is flipped back, so that position ``t`` sees ``t`` and everything after
+    it within its document.
+    """
+
+    causal = False
 
     def __init__(self, forward_mixer: nn.Module, reverse_mixer: nn.Module):
         super().__init__()
         self.fwd = forward_mixer
         self.rev = reverse_mixer
 
-    def forward(self, hidden, seq_idx=None, initial_state=None, return_state=False):
-        if initial_state is not None or return_state:
-            raise ValueError("a bidirectional layer sees the whole sequence at once and has no decoding state")
-        return self.fwd(hidden, seq_idx=seq_idx) + self.rev(hidden, seq_idx=seq_idx)
+    def _mix(self, hidden, seq_idx, initial_state, return_state):
+        flipped = None if seq_idx is None else seq_idx.flip(1)
+        return self.fwd(hidden, seq_idx=seq_idx) + self.rev(hidden.flip(1), seq_idx=flipped).flip(1), None
 
     def allocate_inference_state(self, *args, **kwargs):
-        raise ValueError("a bidirectional layer cannot decode step by step")
+        self._no_decoding()
 
     def step(self, hidden, state):
-        raise ValueError("a bidirectional layer cannot decode step by step")
+        self._no_decoding()

@@ -23,9 +23,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype == torch.float32:
+        weight = self._parameters["weight"]  # without nn.Module's attribute lookup: decoding calls this per layer
+        if x.dtype == weight.dtype == torch.float32:
             if x.dim() == 2:  # one position per row (decoding)
-                return rms_norm_rows(x, self.weight, self.eps)
+                return rms_norm_rows(x, weight, self.eps)
             return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
@@ -50,6 +51,10 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self._parameters["weight"]  # without nn.Module's attribute lookup: decoding calls this per layer
+        if x.dim() == 2 and gate is not None and self.group_size == x.shape[-1] and \
+                x.dtype == gate.dtype == weight.dtype == torch.float32:  # one position per row (decoding)
+            return rms_norm_rows(x * F.silu(gate), weight, self.eps)
         xf = x.float()
         if gate is not None:
             # The gate is often a slice of a wider projection; SiLU's CPU backward is about 2x slower on strided input.

@@ -1,26 +1,31 @@
-"""A stack of residual blocks built from a layer pattern: pure Mamba, pure Mamba-2, or SSM/attention hybrids."""
+"""A stack of residual blocks built from a layer pattern: pure Mamba, Mamba-2 or Mamba-3, or SSM/attention hybrids."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from rawseq.layers import Attention, Bidirectional, Block, GatedMLP, Mamba, Mamba2
+from rawseq.layers import Attention, Bidirectional, Block, GatedMLP, Mamba, Mamba2, Mamba3
 from rawseq.models.config import ByteLMConfig
 
 
-def _make_mixer(kind: str, cfg: ByteLMConfig, *, reverse: bool = False, device=None, dtype=None) -> nn.Module:
+def _make_mixer(kind: str, cfg: ByteLMConfig, *, device=None, dtype=None) -> nn.Module:
     kw = {"device": device, "dtype": dtype}
     ssm_kw = {
         "d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, "dt_min": cfg.dt_min,
         "dt_max": cfg.dt_max, "dt_init_floor": cfg.dt_init_floor, "conv_bias": cfg.conv_bias,
-        "bias": cfg.proj_bias, "reverse": reverse, "backend": cfg.backend,
+        "bias": cfg.proj_bias, "backend": cfg.backend,
     }
     if kind == "mamba":
         return Mamba(cfg.d_model, dt_rank=cfg.dt_rank, **ssm_kw, **kw)
     if kind == "mamba2":
         return Mamba2(cfg.d_model, headdim=cfg.headdim, n_groups=cfg.n_groups, chunk_size=cfg.chunk_size,
                       dt_limit=cfg.dt_limit, norm_eps=cfg.norm_eps, **ssm_kw, **kw)
+    if kind == "mamba3":
+        return Mamba3(cfg.d_model, d_state=cfg.d_state, expand=cfg.expand, headdim=cfg.headdim, n_groups=cfg.n_groups,
+                      mimo_rank=cfg.mimo_rank, rope_fraction=cfg.rope_fraction, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
+                      dt_init_floor=cfg.dt_init_floor, norm_eps=cfg.norm_eps, chunk_size=cfg.chunk_size,
+                      bias=cfg.proj_bias, backend=cfg.backend, **kw)
     if kind == "attention":
         return Attention(cfg.d_model, n_heads=cfg.attn_heads, n_kv_heads=cfg.attn_kv_heads, window=cfg.attn_window,
                          rope_base=cfg.rope_base, causal=not cfg.bidirectional, **kw)
@@ -42,7 +47,7 @@ class Backbone(nn.Module):
         for kind in self.kinds:
             mixer = _make_mixer(kind, cfg, device=device, dtype=dtype)
             if cfg.bidirectional and kind != "attention":
-                mixer = Bidirectional(mixer, _make_mixer(kind, cfg, reverse=True, device=device, dtype=dtype))
+                mixer = Bidirectional(mixer, _make_mixer(kind, cfg, device=device, dtype=dtype))
             mlp = GatedMLP(cfg.d_model, d_hidden=cfg.d_mlp, device=device, dtype=dtype) if cfg.d_mlp else None
             blocks.append(Block(cfg.d_model, mixer, mlp=mlp, norm_eps=cfg.norm_eps,
                                 residual_in_fp32=cfg.residual_in_fp32, device=device, dtype=dtype))

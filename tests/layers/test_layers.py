@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rawseq.layers import Attention, Bidirectional, Block, GatedMLP, GatedRMSNorm, Mamba, Mamba2, RMSNorm
+from rawseq.layers import Attention, Bidirectional, Block, GatedMLP, GatedRMSNorm, Mamba, Mamba2, Mamba3, RMSNorm
 
 D_MODEL = 32
 
@@ -20,6 +20,8 @@ def make(kind: str, **kw):
         return Mamba2(D_MODEL, d_state=8, headdim=16, n_groups=2, chunk_size=8, **kw)
     if kind == "mamba2-limit":
         return Mamba2(D_MODEL, d_state=8, headdim=16, chunk_size=8, dt_limit=(0.01, 0.05), **kw)
+    if kind == "mamba3":
+        return Mamba3(D_MODEL, d_state=8, headdim=16, chunk_size=8, **kw)
     if kind == "attention":
         return Attention(D_MODEL, n_heads=4, n_kv_heads=2, **kw)
     if kind == "attention-window":
@@ -36,15 +38,8 @@ def _close(a, b, tol=1e-5):
     assert (a - b).abs().max() / scale < tol, f"relative error {float((a - b).abs().max() / scale):.3g}"
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean-cpu-step", "generic-step"])
 @pytest.mark.parametrize("kind", MIXERS)
-def test_step_matches_forward(kind, lean, monkeypatch):
-    if not lean:  # the path that low-precision and Triton layers take, through the kernels' step functions
-        import rawseq.layers.mamba
-        import rawseq.layers.mamba2
-
-        for module in (rawseq.layers.mamba, rawseq.layers.mamba2):
-            monkeypatch.setattr(module, "lean_cpu_step", lambda layer, hidden: False)
+def test_step_matches_forward(kind):
     layer = make(kind).eval()
     x = torch.randn(2, 13, D_MODEL)
     with torch.no_grad():
@@ -160,20 +155,28 @@ def test_sliding_window_cache_has_constant_size():
     assert int(state["length"]) == 12
 
 
-@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
-def test_reverse_layer_is_the_flipped_forward(kind):
-    fwd = make(kind)
-    rev = make(kind, reverse=True)
-    rev.load_state_dict(fwd.state_dict())
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "mamba3", "attention"])
+def test_bidirectional_owns_the_flip(kind):
+    """The reverse mixer is an ordinary causal mixer; Bidirectional flips its input, document ids and output."""
+    fwd, rev = make(kind), make(kind)
+    with torch.no_grad():
+        for p in rev.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    bi = Bidirectional(fwd, rev)
     x = torch.randn(2, 10, D_MODEL)
     seq_idx = torch.tensor([[0] * 4 + [1] * 6, [0] * 10])
     with torch.no_grad():
-        _close(rev(x, seq_idx=seq_idx), fwd(x.flip(1), seq_idx=seq_idx.flip(1)).flip(1))
-    bi = Bidirectional(fwd, rev)
-    with torch.no_grad():
-        _close(bi(x), fwd(x) + rev(x))
-    with pytest.raises(ValueError, match="decode"):
-        bi.step(x[:, 0], None)
+        ref = fwd(x, seq_idx=seq_idx) + rev(x.flip(1), seq_idx=seq_idx.flip(1)).flip(1)
+        _close(bi(x, seq_idx=seq_idx), ref)
+        # Position 0 of the second row sees what follows it: changing the last input changes it.
+        changed = x.clone()
+        changed[1, -1] += 1.0
+        assert (bi(changed)[1, 0] - bi(x)[1, 0]).abs().max() > 1e-6
+    assert {k.split(".")[0] for k in bi.state_dict()} == {"fwd", "rev"}
+    for call in (lambda: bi.step(x[:, 0], None), lambda: bi.allocate_inference_state(2),
+                 lambda: bi(x, return_state=True)):
+        with pytest.raises(ValueError, match="bidirectional.*decode step by step"):
+            call()
 
 
 def test_norms_match_formulas():
@@ -208,49 +211,6 @@ def test_block_residual_in_fp32_and_mlp():
     ref = x.float() + mixer(block.norm(x))
     ref = ref + block.mlp(block.mlp_norm(ref.to(torch.bfloat16)))
     _close(out, ref, tol=1e-2)
-
-
-@pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias", "bare"])
-def test_cpu_decoding_steps_match_the_naive_kernels(groups, extras):
-    from rawseq.kernels.selective_scan.naive import selective_scan_step_naive
-    from rawseq.kernels.ssd.naive import ssd_step_naive
-    from rawseq.layers._steps import scan_step, ssd_step_fn
-
-    b, d, n, h, p = 3, 8, 4, 4, 2
-    opt = (lambda *s: torch.randn(*s)) if extras else (lambda *s: None)
-    state = torch.randn(b, d, n)
-    args = (torch.randn(b, d), torch.randn(b, d), -torch.rand(d, n), torch.randn(b, groups, n),
-            torch.randn(b, groups, n), opt(d), opt(b, d), opt(d), extras)
-    ref_state = state.clone()
-    _close(scan_step(state, *args, "auto"), selective_scan_step_naive(ref_state, *args))
-    _close(state, ref_state)
-    state = torch.randn(b, h, p, n)
-    args = (torch.randn(b, h, p), torch.randn(b, h), -torch.rand(h), torch.randn(b, groups, n),
-            torch.randn(b, groups, n), opt(h), opt(b, h, p), opt(h), extras)
-    ref_state = state.clone()
-    _close(ssd_step_fn(state, *args, "auto"), ssd_step_naive(ref_state, *args))
-    _close(state, ref_state)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_cpu_conv_step_matches_the_naive_kernel(dtype, bias):
-    from rawseq.kernels.causal_conv1d.naive import causal_conv1d_step_naive
-    from rawseq.layers._steps import conv_step
-
-    b, d, w = 3, 8, 4
-    state = torch.randn(b, d, w - 1).to(dtype)
-    x, weight = torch.randn(b, d).to(dtype), torch.randn(d, w).to(dtype)
-    bias_t = torch.randn(d).to(dtype) if bias else None
-    ref_state = state.clone()
-    for _ in range(3):  # the window shifts: later steps read what earlier ones wrote
-        y = conv_step(state, x, weight, bias_t, "silu", "auto")
-        ref = causal_conv1d_step_naive(ref_state, x, weight, bias_t, "silu")
-        assert y.dtype == ref.dtype == dtype
-        _close(y.float(), ref.float(), tol=1e-2 if dtype == torch.bfloat16 else 1e-6)
-        _close(state.float(), ref_state.float(), tol=1e-6)
-        x = torch.randn(b, d).to(dtype)
 
 
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
