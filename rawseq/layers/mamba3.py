@@ -1,0 +1,215 @@
+"""Mamba-3 block (arXiv 2603.15569): trapezoidal SSM with rotated ("complex") B/C, SISO or MIMO, no convolution.
+
+    z, x, B, C, dt, a, lam, w = in_proj(u)     (b, l, d_model) -> (b, l, d_inner) x 2, (b, l, g R n) x 2,
+                                                (b, l, h) x 2 (x 3 with data-dependent A), (b, l, n_angles)
+    B, C    = RMSNorm(B) + B_bias, RMSNorm(C) + C_bias      over nstate; per-head (and rank) biases start at 1
+    A       = -max(f(a), A_floor)              f(a) = 1 + a for a >= 0, 1 / (1 - a) below (or -exp(A_log) per head)
+    angle   = pi * tanh(w)                     rotation rates shared by the heads; the op advances by dt * angle
+    y       = mamba3(x, dt, A, B, C, lam, angle, D, z, dt_bias[, mimo_x, mimo_z, mimo_o])
+    out     = out_proj(y)
+
+``rawseq.kernels.mamba3`` holds the recurrence; this file holds the parameters. ``in_proj`` lays its outputs out as
+(z, x, B, C, dt, A, lam, angle), as the reference does; the A slice is absent with a per-head A.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
+from rawseq.kernels.mamba3.chunked import mamba3_step_torch
+from rawseq.layers._init import inverse_softplus_dt
+from rawseq.layers.mixer import Mixer
+
+
+def decay_rate(a: torch.Tensor, floor: float) -> torch.Tensor:
+    """A = -max(f(a), floor) with f(a) = 1 + a for a >= 0 and 1 / (1 - a) below: positive, continuous with its
+    derivative at 0, and growing only linearly, which keeps data-dependent decays from exploding at large learning
+    rates. Written as (1 + relu(a)) / (min(max(a, lo), 0) - 1), where ``lo = 1 - 1 / floor`` puts the floor."""
+    lo = 1.0 - 1.0 / floor if floor > 0 else -math.inf
+    return (torch.relu(a) + 1.0) / (a.clamp(lo, 0.0) - 1.0)
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+class Mamba3(Mixer):
+    """Mamba-3 sequence mixer.
+
+    State for decoding: ``{"ssm": (b, h, p, n), "angle": (b, h, n_angles), "B": (b, h, R, n), "x": (b, h, R, p)}``,
+    all float32 (see :class:`rawseq.kernels.mamba3.Mamba3State`); ``R = 1`` for SISO.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        expand: int = 2,
+        headdim: int = 64,
+        n_groups: int = 1,
+        mimo_rank: int | None = None,
+        rope_fraction: float = 0.5,
+        data_dependent_A: bool = True,
+        A_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        bc_norm: bool = True,
+        norm_eps: float = 1e-5,
+        chunk_size: int | None = None,
+        bias: bool = False,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(expand * d_model)
+        if headdim < 1 or self.d_inner % headdim:
+            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {self.d_inner}")
+        self.headdim = headdim
+        self.nheads = self.d_inner // headdim
+        if n_groups < 1 or self.nheads % n_groups:
+            raise ValueError(f"n_groups={n_groups} must divide the number of heads {self.nheads}")
+        if mimo_rank is not None and (not isinstance(mimo_rank, int) or mimo_rank < 1):
+            raise ValueError(f"mimo_rank={mimo_rank!r} must be a positive int, or None for SISO")
+        if not 0.0 <= rope_fraction <= 1.0:
+            raise ValueError(f"rope_fraction={rope_fraction} must lie in [0, 1]")
+        self.n_angles = int(d_state * rope_fraction) // 2
+        if self.n_angles and d_state % 2:
+            raise ValueError(f"d_state={d_state} must be even to rotate pairs of state entries "
+                             f"(rope_fraction={rope_fraction}); use an even d_state or rope_fraction=0")
+        if A_floor < 0:
+            raise ValueError(f"A_floor={A_floor} must be >= 0")
+        self.n_groups = n_groups
+        self.mimo_rank = mimo_rank
+        self.rank = 1 if mimo_rank is None else mimo_rank
+        self.data_dependent_A = data_dependent_A
+        self.A_floor = A_floor
+        self.chunk_size = chunk_size
+        self.backend = backend
+        kw = {"device": device, "dtype": dtype}
+        h, R, n = self.nheads, self.rank, d_state
+        bc = n_groups * R * d_state
+        # in_proj's outputs: z, x, B and C, dt, [A,] lam, angle
+        self._splits = [self.d_inner, self.d_inner, 2 * bc, h] + [h] * data_dependent_A + [h, self.n_angles]
+        self.in_proj = nn.Linear(d_model, sum(self._splits), bias=bias, **kw)
+        self.dt_bias = nn.Parameter(torch.empty(h, **kw))
+        self.A_log = None if data_dependent_A else nn.Parameter(torch.empty(h, **kw))
+        self.D = nn.Parameter(torch.ones(h, **kw))
+        # the biases of B (row 0) and C (row 1) per head (and rank); adding them here gives the op per-head B and C
+        self.bc_bias = nn.Parameter(torch.ones((2, h, n) if mimo_rank is None else (2, h, R, n), **kw))
+        # RMSNorm weights of B (row 0) and C (row 1), normalised together
+        self.norm_eps = norm_eps
+        self.bc_norm_weight = nn.Parameter(torch.ones(2, d_state, **kw)) if bc_norm else None
+        self.mimo_x = self.mimo_z = self.mimo_o = None
+        if mimo_rank is not None:
+            # x and the output start as averages over the ranks, the gate as the plain gate
+            self.mimo_x = nn.Parameter(torch.full((h, R, headdim), 1.0 / R, **kw))
+            self.mimo_z = nn.Parameter(torch.ones(h, R, headdim, **kw))
+            self.mimo_o = nn.Parameter(torch.full((h, R, headdim), 1.0 / R, **kw))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **kw)
+
+        with torch.no_grad():
+            self.dt_bias.copy_(
+                inverse_softplus_dt(h, dt_min=dt_min, dt_max=dt_max, dt_floor=dt_init_floor, device=device)
+            )
+            if self.A_log is not None:
+                lo, hi = A_init_range
+                if not 0 < lo <= hi:
+                    raise ValueError(f"A_init_range={A_init_range} must satisfy 0 < low <= high")
+                self.A_log.copy_(torch.log(torch.empty(h, dtype=torch.float32, device=device).uniform_(lo, hi)))
+        # per-channel scales and biases; bc_norm_weight and the MIMO weights are matrices only by layout
+        for p in (self.dt_bias, self.A_log, self.D, self.bc_bias, self.bc_norm_weight, self.mimo_x, self.mimo_z,
+                  self.mimo_o):
+            if p is not None:
+                p._no_weight_decay = True
+
+    def allocate_inference_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> dict:
+        """Zero state for ``batch`` decoding streams, all float32 (``dtype`` is accepted for the common API)."""
+        device = self.in_proj.weight.device if device is None else device
+        kw = {"dtype": torch.float32, "device": device}
+        h, R = self.nheads, self.rank
+        return {
+            "ssm": torch.zeros(batch, h, self.headdim, self.d_state, **kw),
+            "angle": torch.zeros(batch, h, self.n_angles, **kw),
+            "B": torch.zeros(batch, h, R, self.d_state, **kw),
+            "x": torch.zeros(batch, h, R, self.headdim, **kw),
+        }
+
+    def _chunk_size(self, hidden: torch.Tensor) -> int:
+        """Positions per chunk of the torch backend (a speed knob only): 32 on CPU, 64 elsewhere, unless set."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return 64 if hidden.device.type == "cuda" else 32
+
+    def _mixer_inputs(self, proj: torch.Tensor):
+        """in_proj output (.., D) -> the op's inputs, keeping the leading (b[, l]): x, z (.., h, p); B, C
+        (.., h, [R,] n) normalised and biased; dt, A, lam (.., h); angle (.., 1, n_angles)."""
+        z, x, bc, dt, *rest = proj.split(self._splits, dim=-1)  # one op, and one cat in the backward
+        z = z.unflatten(-1, (self.nheads, self.headdim))
+        x = x.unflatten(-1, (self.nheads, self.headdim))
+        B, C = self._bc(bc)
+        if self.data_dependent_A:
+            A = decay_rate(_float(rest[0]), self.A_floor)
+        else:
+            A = -torch.exp(_float(self.A_log))
+        lam, w = rest[-2], rest[-1]
+        angle = None
+        if self.n_angles:
+            angle = (torch.tanh(_float(w)) * math.pi).unsqueeze(-2)  # shared by the heads
+        return x, z, B, C, dt, A, lam, angle
+
+    def _bc(self, bc: torch.Tensor):
+        """The B and C slices (.., 2 g R n) -> B, C (.., h, [R,] n): RMSNorm over nstate, each with its own weight,
+        then the per-head biases; both together, in float32."""
+        g, n = self.n_groups, self.d_state
+        rank = () if self.mimo_rank is None else (self.rank,)
+        BC = _float(bc).unflatten(-1, (2, g, 1, *rank, n))  # a heads-in-group axis of 1 for the biases
+        bias = _float(self.bc_bias).view(2, g, self.nheads // g, *rank, n)
+        if self.bc_norm_weight is None:
+            BC = BC + bias
+        else:
+            scale = torch.linalg.vecdot(BC, BC).div_(n).add_(self.norm_eps).rsqrt_()
+            weight = _float(self.bc_norm_weight).view(2, 1, 1, *[1] * len(rank), n)
+            BC = torch.addcmul(bias, BC * scale.unsqueeze(-1), weight)
+        BC = BC.flatten(-3 - len(rank), -2 - len(rank))  # (.., 2, g, h / g, [R,] n) -> (.., 2, h, [R,] n)
+        return BC.select(-3 - len(rank), 0), BC.select(-3 - len(rank), 1)
+
+    def _params(self):
+        return dict(D=self.D, dt_bias=self.dt_bias, mimo_x=self.mimo_x, mimo_z=self.mimo_z, mimo_o=self.mimo_o)
+
+    def _mix(self, hidden, seq_idx, initial_state, return_state):
+        """(b, l, d_model) -> (b, l, d_model) and the final state; the state (SSM, previous input, angle) restarts
+        where ``seq_idx`` changes."""
+        x, z, B, C, dt, A, lam, angle = self._mixer_inputs(self.in_proj(hidden))
+        init = None
+        if initial_state is not None:
+            init = Mamba3State(initial_state["ssm"], initial_state["angle"], initial_state["B"], initial_state["x"])
+        y, final = mamba3(
+            x, dt, A, B, C, lam, angle, z=z, **self._params(), initial_state=init, return_final_state=True,
+            seq_idx=seq_idx, chunk_size=self._chunk_size(hidden), backend=self.backend,
+        )
+        out = self.out_proj(rearrange(y, "b l h p -> b l (h p)"))
+        return out, dict(zip(("ssm", "angle", "B", "x"), final)) if return_state else None
+
+    def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
+        proj = F.linear(hidden, self.in_proj.weight, self.in_proj.bias)
+        x, z, B, C, dt, A, lam, angle = self._mixer_inputs(proj)
+        s = Mamba3State(state["ssm"], state["angle"], state["B"], state["x"])
+        if hidden.device.type == "cpu" and self.backend in ("auto", "torch"):
+            step = mamba3_step_torch  # the op's CPU step without the argument checks: a step is a few dozen ops
+        else:
+            step = lambda *a, **k: mamba3_step(*a, **k, backend=self.backend)  # noqa: E731
+        y = step(s, x, dt, A, B, C, lam, angle, z=z, **self._params())
+        return F.linear(y.flatten(1), self.out_proj.weight, self.out_proj.bias)

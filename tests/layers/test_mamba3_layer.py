@@ -1,0 +1,144 @@
+"""The Mamba3 layer: decoding step equals forward, state chaining, documents, save/load, parameter flags, errors."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from rawseq.layers.mamba3 import Mamba3, decay_rate
+
+CONFIGS = [
+    pytest.param(dict(), id="siso"),
+    pytest.param(dict(mimo_rank=2, n_groups=2), id="mimo2-G2"),
+    pytest.param(dict(mimo_rank=4, rope_fraction=1.0), id="mimo4-rope1"),
+    pytest.param(dict(data_dependent_A=False, rope_fraction=0.0), id="siso-headA-norope"),
+    pytest.param(dict(headdim=16, bc_norm=False), id="siso-P16-nonorm"),
+]
+
+
+def _layer(**kw):
+    args = dict(d_state=8, headdim=8, expand=2)
+    args.update(kw)
+    torch.manual_seed(0)
+    layer = Mamba3(32, **args).double()
+    with torch.no_grad():  # move every parameter off its initial value so that each one matters
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return layer
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_step_equals_forward(kw):
+    layer = _layer(**kw)
+    hidden = torch.randn(2, 19, 32, dtype=torch.float64)
+    y, state = layer(hidden, return_state=True)
+    stepped = layer.allocate_inference_state(2)
+    stepped = {k: v.double() for k, v in stepped.items()}
+    ys = torch.stack([layer.step(hidden[:, t], stepped) for t in range(19)], dim=1)
+    assert torch.allclose(ys, y, atol=1e-10, rtol=1e-8)
+    for key in state:
+        assert torch.allclose(stepped[key], state[key], atol=1e-10), key
+
+
+@pytest.mark.parametrize("kw", CONFIGS[:2])
+def test_step_equals_forward_float32(kw):
+    layer = _layer(**kw).float()
+    hidden = torch.randn(2, 11, 32)
+    y = layer(hidden)
+    state = layer.allocate_inference_state(2)
+    ys = torch.stack([layer.step(hidden[:, t], state) for t in range(11)], dim=1)
+    assert torch.allclose(ys, y, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", CONFIGS[:3])
+def test_forward_chains_through_state(kw):
+    layer = _layer(**kw)
+    hidden = torch.randn(2, 30, 32, dtype=torch.float64)
+    y = layer(hidden)
+    y1, s1 = layer(hidden[:, :13], return_state=True)
+    y2 = layer(hidden[:, 13:], initial_state=s1)
+    assert torch.allclose(torch.cat([y1, y2], dim=1), y, atol=1e-10)
+
+
+def test_seq_idx_separates_documents():
+    layer = _layer(mimo_rank=2)
+    hidden = torch.randn(1, 24, 32, dtype=torch.float64)
+    seq_idx = torch.tensor([[0] * 10 + [1] * 14])
+    y = layer(hidden, seq_idx=seq_idx)
+    assert torch.allclose(y[:, :10], layer(hidden[:, :10]), atol=1e-10)
+    assert torch.allclose(y[:, 10:], layer(hidden[:, 10:]), atol=1e-10)
+
+
+def test_backends_agree_and_gradients_reach_every_parameter():
+    layer = _layer(mimo_rank=2)
+    hidden = torch.randn(2, 21, 32, dtype=torch.float64)
+    layer.backend = "naive"
+    layer(hidden).square().sum().backward()
+    ref = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    layer.zero_grad()
+    layer.backend = "torch"
+    layer(hidden).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert torch.allclose(p.grad, ref[name], atol=1e-9, rtol=1e-7), name
+
+
+def test_save_and_load_state_dict():
+    layer = _layer(mimo_rank=2)
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    other = Mamba3(32, d_state=8, headdim=8, expand=2, mimo_rank=2).double()
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    hidden = torch.randn(1, 9, 32, dtype=torch.float64)
+    assert torch.equal(other(hidden), layer(hidden))
+
+
+def test_no_weight_decay_flags():
+    layer = Mamba3(32, d_state=8, headdim=8, mimo_rank=2, data_dependent_A=False)
+    flagged = {name for name, p in layer.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert flagged == {"dt_bias", "A_log", "D", "bc_bias", "bc_norm_weight", "mimo_x", "mimo_z", "mimo_o"}
+
+
+def test_initialisation():
+    layer = Mamba3(32, d_state=8, headdim=8, mimo_rank=4)
+    assert torch.equal(layer.bc_bias, torch.ones(2, 8, 4, 8))  # B and C biases per head and rank start at 1
+    dt = torch.nn.functional.softplus(layer.dt_bias)
+    assert (dt >= 1e-4).all() and (dt <= 0.1 + 1e-6).all()
+    assert torch.allclose(layer.mimo_x.sum(1), torch.ones(8, 8))
+    assert layer.n_angles == 2  # rope_fraction 0.5 of 8 state entries: 2 rotated pairs
+
+
+def test_decay_rate_is_the_floored_heavy_tail():
+    """A = -max(f(a), floor), f(a) = 1 + a above 0 and 1 / (1 - a) below, with a continuous derivative."""
+    a = torch.cat([torch.linspace(-50, 50, 1001, dtype=torch.float64), torch.tensor([-2e5], dtype=torch.float64)])
+    a.requires_grad_(True)
+    A = decay_rate(a, 1e-4)
+    ad = a.detach()
+    f = torch.where(ad >= 0, 1 + ad, 1 / (1 - ad))
+    assert torch.allclose(A, -f.clamp(min=1e-4))
+    (grad,) = torch.autograd.grad(A.sum(), a)
+    assert torch.allclose(grad[:-1][ad[:-1] >= 0], -torch.ones(()).double())
+    below = (ad < 0) & (ad > -1e4)
+    assert torch.allclose(grad[below], -1 / (1 - ad[below]) ** 2)
+    assert grad[-1] == 0  # under the floor A is constant
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(d_state=7), "d_state"),
+    (dict(headdim=12), "headdim"),
+    (dict(n_groups=3), "n_groups"),
+    (dict(mimo_rank=0), "mimo_rank"),
+    (dict(rope_fraction=1.5), "rope_fraction"),
+    (dict(A_floor=-1.0), "A_floor"),
+])
+def test_bad_arguments_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        Mamba3(32, **{"d_state": 8, "headdim": 8, **kw})
+
+
+def test_odd_state_without_rotation_is_fine():
+    layer = Mamba3(32, d_state=7, headdim=8, rope_fraction=0.0)
+    assert layer(torch.randn(1, 5, 32)).shape == (1, 5, 32)
