@@ -9,7 +9,9 @@ Rules (docs/modalities.md, "Sources"):
 - Each file is read once: files are identified by ``(st_dev, st_ino)``, so a hard link, a symbolic link to a file
   already listed or a folder reached twice (``self -> .``) adds nothing. Symbolic links to folders are followed,
   and a folder already visited is not walked again, so a link cycle ends.
-- ``exclude`` names folders or files (the training run's output folder, the cache) that are never read.
+- ``exclude`` names folders or files (the training run's output folder, the cache) that are never read, and a
+  folder holding an ``OUTPUT_MARKER`` file (every rawseq run folder has one) is never entered: a run's
+  checkpoints, weights and plots are not data, wherever they are.
 - A glob's ``**`` matches any number of folders under the same rules.
 """
 
@@ -27,6 +29,9 @@ from .._io import file_type
 
 _GLOB_CHARS = frozenset("*?[")
 Skipped = list[tuple[str, str]]
+
+# A file that marks a folder as output (a training run's folder): walks never enter such a folder.
+OUTPUT_MARKER = ".rawseq-output"
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ class _Finder:
             if not name.startswith("."):
                 path = os.path.join(folder, name)
                 st = self._stat(path)
-                if st is not None:
+                if st is not None and not (stat.S_ISDIR(st.st_mode) and os.path.lexists(os.path.join(path,
+                                                                                                OUTPUT_MARKER))):
                     yield path, st
 
     def _enter(self, st: os.stat_result, visited: set[tuple[int, int]]) -> bool:

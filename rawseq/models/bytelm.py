@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -15,12 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rawseq.layers import RMSNorm, concat_states
+from rawseq.modalities.symbols import IGNORE_INDEX
 from rawseq.models.backbone import Backbone
 from rawseq.models.config import ByteLMConfig
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-IGNORE_INDEX = -100
+from rawseq.models.pretrained import PretrainedModel
+from rawseq.models.registry import register
 
 
 class ByteLMOutput(NamedTuple):
@@ -30,19 +27,32 @@ class ByteLMOutput(NamedTuple):
     states: list[dict] | None = None
 
 
-class ByteLM(nn.Module):
-    """Byte language model; see :class:`rawseq.ByteLMConfig` for the architecture choices."""
+class ByteLM(PretrainedModel):
+    """Byte language model; see :class:`rawseq.ByteLMConfig` for the architecture choices.
+
+    Family members that keep this interface and change only the stack between the embedding and the output
+    (SaShiMi) override :meth:`build_backbone`.
+    """
+
+    config_class = ByteLMConfig
 
     def __init__(self, config: ByteLMConfig, *, device=None, dtype=None):
         super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         vocab = config.total_vocab
         kw = {"device": device, "dtype": dtype}
         self.embed = nn.Embedding(vocab, config.d_model, **kw)
-        self.backbone = Backbone(config, **kw)
+        self.backbone = self.build_backbone(config, **kw)
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, vocab, bias=False, **kw)
         self._init_weights()
+
+    @staticmethod
+    def build_backbone(config: ByteLMConfig, *, device=None, dtype=None) -> nn.Module:
+        """The stack of layers between embedding and output: (b, l, d_model) -> (b, l, d_model)."""
+        return Backbone(config, device=device, dtype=dtype)
 
     @torch.no_grad()
     def _init_weights(self):
@@ -77,7 +87,8 @@ class ByteLM(nn.Module):
 
         Args:
             input_ids: (b, l) symbol ids.
-            targets: (b, l) the id that follows each input (already shifted); ``-100`` and ``pad_id`` are ignored.
+            targets: (b, l) the id that follows each input (already shifted); ``IGNORE_INDEX`` (-100) and
+                ``pad_id`` are ignored.
             seq_idx: (b, l) document ids of packed rows; no layer lets one document see another.
             initial_states: per-layer states to continue from (from ``return_states``, :meth:`prefill` or
                 :meth:`allocate_inference_state`), for example detached states carried across training windows.
@@ -153,67 +164,11 @@ class ByteLM(nn.Module):
         """Advance every stream by one symbol: input_ids (b,) -> logits (b, vocab); ``states`` change in place."""
         return self._logits(self.backbone.step(self.embed(input_ids), states))
 
-    def generate(self, prompts, max_new_bytes: int = 256, **kwargs):
+    def generate(self, prompts, max_new_bytes: int | None = None, **kwargs):
         """Sample continuations; see :func:`rawseq.generation.generate` for the arguments."""
         from rawseq.generation import generate
 
-        return generate(self, prompts, max_new_bytes=max_new_bytes, **kwargs)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if missing)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.save(directory / CONFIG_NAME)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "rawseq": "ByteLM"})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *, device=None, dtype=None) -> ByteLM:
-        """Load a model written by :meth:`save_pretrained`. Only JSON and safetensors are read (nothing unpickled).
-
-        Raises:
-            FileNotFoundError: a file is missing. ValueError: the config is invalid, or a tensor is missing,
-            unexpected or of the wrong shape (the message names it).
-        """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        try:
-            config = ByteLMConfig.load(directory / CONFIG_NAME)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON: {e}") from e
-        model = cls(config, device=device, dtype=dtype)
-        tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device) if device is not None else "cpu")
-        load_state_dict_strict(model, tensors, source=str(directory / WEIGHTS_NAME))
-        return model
+        return generate(self, prompts, max_new_bytes, **kwargs)
 
 
-def load_state_dict_strict(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
-    """Copy ``tensors`` into ``model``, raising ValueError naming every missing, unexpected or misshapen tensor."""
-    expected = model.state_dict()
-    problems = []
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        problems.append(f"missing parameters: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected parameters: {', '.join(unexpected)}")
-    for name in sorted(set(expected) & set(tensors)):
-        if tuple(tensors[name].shape) != tuple(expected[name].shape):
-            problems.append(
-                f"parameter {name} has shape {tuple(tensors[name].shape)} in {source}, "
-                f"but the config gives {tuple(expected[name].shape)}"
-            )
-    if problems:
-        raise ValueError(f"cannot load {source}: " + "; ".join(problems))
-    with torch.no_grad():
-        for name, param in expected.items():
-            param.copy_(tensors[name].to(param.dtype))
+register(ByteLMConfig, ByteLM)

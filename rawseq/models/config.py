@@ -1,82 +1,209 @@
-"""``ByteLMConfig``: every choice that shapes a ByteLM, saved as ``config.json`` beside ``model.safetensors``."""
+"""Model configs: the base of every family (:class:`ModelConfig`), what a model's symbols are (:class:`SignalSpec`)
+and :class:`ByteLMConfig`. Each is saved as ``config.json`` beside ``model.safetensors``, with a ``model_type`` key
+that the registry (:mod:`rawseq.models.registry`) uses to build the right family.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-N_BYTES = 256
-LAYER_KINDS = ("mamba", "mamba2", "attention")
+from rawseq.config import Config, ConfigError, option
+from rawseq.modalities.symbols import N_SYMBOLS
+
+LAYER_KINDS = ("mamba", "mamba2", "mamba3", "attention")
+SSM_KINDS = ("mamba", "mamba2", "mamba3")
+MODALITIES = ("text", "audio", "image", "multimodal")
+AUDIO_CODECS = ("mulaw8", "linear8", "pcm16")
+IMAGE_MODES = ("L", "LA", "RGB", "RGBA")
 
 
 @dataclass
-class ByteLMConfig:
-    """Architecture of a :class:`rawseq.ByteLM`.
+class ModelConfig(Config):
+    """Base of every model family's config; ``model_type`` (a class attribute, written into ``config.json``) names
+    the family."""
 
-    Vocabulary: the 256 byte values, then ``n_special`` special symbols (ids 256, 257, ...) whose meaning
+    model_type: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"model_type": self.model_type, **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str | None = None):
+        """Build the config of the family that ``data["model_type"]`` names (a subclass of ``cls``); without a
+        ``model_type`` key, ``cls`` itself (or, for folders written before the key existed, its legacy form)."""
+        from rawseq.models import registry
+
+        if not isinstance(data, dict):
+            return super().from_dict(data, source=source)
+        data = dict(data)
+        name = data.pop("model_type", None)
+        if name is None:
+            target = registry.legacy_config_class(cls, data)
+        else:
+            target = registry.config_class(name, source=source)
+            if not issubclass(target, cls):
+                where = f"{source}: " if source else ""
+                raise ConfigError(f"{where}model_type={name!r} is a {target.__name__}, not a {cls.__name__}")
+        return Config.from_dict.__func__(target, target.upgrade(data), source=source)
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """Turn the keys of an older ``config.json`` of this family into today's (default: unchanged)."""
+        return data
+
+
+@dataclass
+class SignalSpec(Config):
+    """What a model's symbols are, so that a saved model says how to feed it and how to read what it generates."""
+
+    modality: str = option("text", help="what the symbols are: text bytes, audio samples, image pixels, multimodal",
+                           choices=MODALITIES)
+    codec: str = option("mulaw8", help="audio: how a sample becomes symbols", choices=AUDIO_CODECS)
+    sample_rate: int = option(16000, help="audio: samples per second", min=1, max=1_000_000)
+    channels: int = option(1, help="audio: channels, interleaved per time step", min=1, max=8)
+    image_mode: str = option("L", help="images: L, LA, RGB or RGBA (symbols per pixel: 1, 2, 3, 4)",
+                             choices=IMAGE_MODES)
+    image_size: list[int] | int | None = option(None, help="images: [height, width] (or one side of a square) "
+                                                "every image is resized to", min=1, max=65536)
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.image_size, int):
+            self.image_size = [self.image_size, self.image_size]
+        if self.image_size is not None and len(self.image_size) != 2:
+            self.fail("image_size", "must be [height, width]")
+
+    @property
+    def symbols_per_pixel(self) -> int:
+        return IMAGE_MODES.index(self.image_mode) + 1
+
+    def signal(self) -> dict:
+        """The fields of :class:`SignalSpec` alone."""
+        return {name: getattr(self, name) for name in SignalSpec.field_names()}
+
+
+@dataclass
+class LMConfig(SignalSpec, ModelConfig):
+    """Base of the language-model families: the :class:`SignalSpec` fields and the vocabulary.
+
+    Vocabulary: the 256 symbol values, then ``n_special`` special symbols (ids 256, 257, ...) whose meaning
     (begin/end, padding, modality tags) the data pipeline defines. ``vocab_size`` overrides the total, for models
     converted from checkpoints with another vocabulary.
-
-    Layers: ``ssm`` ("mamba" or "mamba2") everywhere, except that with ``attention_every=k`` every k-th layer
-    (indices k-1, 2k-1, ...) is attention (k=4: three SSM layers per attention layer). ``layers`` lists the kinds
-    explicitly instead and then fixes ``n_layers``.
     """
 
-    d_model: int = 256
-    n_layers: int = 4
-    ssm: str = "mamba2"
-    attention_every: int = 0
-    layers: list[str] | None = None
-    bidirectional: bool = False
-    n_special: int = 16
-    vocab_size: int | None = None
-    pad_id: int | None = None
-    bos_id: int | None = None
-    eos_id: int | None = None
-    tie_embeddings: bool = True
-    norm_eps: float = 1e-5
-    residual_in_fp32: bool = True
-    d_mlp: int = 0
-    # selective SSMs (both kinds)
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    conv_bias: bool = True
-    proj_bias: bool = False
-    dt_min: float = 1e-3
-    dt_max: float = 1e-1
-    dt_init_floor: float = 1e-4
-    # Mamba-1
-    dt_rank: int | None = None
-    # Mamba-2
-    headdim: int = 64
-    n_groups: int = 1
-    chunk_size: int | None = None  # None: 64 on CPU, 256 on GPU
-    dt_limit: list[float] | None = None
-    # attention
-    attn_heads: int = 4
-    attn_kv_heads: int | None = None
-    attn_window: int | None = None
-    rope_base: float = 10000.0
-    # kernels ("auto", "naive", "torch" or "triton")
-    backend: str = "auto"
-    initializer_range: float = 0.02
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.layers is not None:
-            self.layers = list(self.layers)
-            self.n_layers = len(self.layers)
-        if self.dt_limit is not None:
-            self.dt_limit = [float(v) for v in self.dt_limit]
-        self.validate()
+    n_special: int = option(16, help="special symbols after the 256 symbol values", min=0, max=1 << 20)
+    vocab_size: int | None = option(None, help="total vocabulary (converted models); default 256 + n_special",
+                                    min=1, max=1 << 24)
+    pad_id: int | None = option(None, help="id ignored in targets", min=0)
+    bos_id: int | None = option(None, help="id a generation starts from when the prompt is empty", min=0)
+    eos_id: int | None = option(None, help="id that ends a generated row", min=0)
+    tie_embeddings: bool = option(True, help="output matrix = embedding matrix")
+    initializer_range: float = option(0.02, help="std of the embedding initialisation", min=0.0, max=10.0)
 
     @property
     def total_vocab(self) -> int:
-        return N_BYTES + self.n_special if self.vocab_size is None else self.vocab_size
+        return N_SYMBOLS + self.n_special if self.vocab_size is None else self.vocab_size
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("pad_id", "bos_id", "eos_id"):
+            value = getattr(self, name)
+            if value is not None and value >= self.total_vocab:
+                self.fail(name, f"must lie in [0, {self.total_vocab})")
+
+
+@dataclass
+class LayerSpec(Config):
+    """Settings of the layers themselves (SSM, attention, MLP, norms), shared by every family that stacks them."""
+
+    norm_eps: float = option(1e-5, help="RMSNorm epsilon", min=1e-12, max=1.0)
+    residual_in_fp32: bool = option(True, help="carry the residual stream in float32")
+    d_mlp: int = option(0, help="hidden width of a gated MLP after each mixer (0: none)", min=0, max=1 << 18)
+    d_state: int = option(16, help="SSM state size per channel (Mamba) or head (Mamba-2)", min=1, max=1024)
+    d_conv: int = option(4, help="causal convolution width", min=1, max=64)
+    expand: int = option(2, help="inner width = expand * d_model", min=1, max=16)
+    conv_bias: bool = option(True, help="bias in the causal convolution")
+    proj_bias: bool = option(False, help="bias in the input/output projections")
+    dt_min: float = option(1e-3, help="smallest initial step size", min=0.0)
+    dt_max: float = option(1e-1, help="largest initial step size", min=0.0)
+    dt_init_floor: float = option(1e-4, help="floor of the initial step size", min=0.0)
+    dt_rank: int | None = option(None, help="Mamba-1: rank of the dt projection (default ceil(d_model / 16))",
+                                 min=1, max=65536)
+    headdim: int = option(64, help="Mamba-2/3: channels per head", min=1, max=1024)
+    n_groups: int = option(1, help="Mamba-2/3: groups of heads sharing B and C", min=1, max=1024)
+    chunk_size: int | None = option(None, help="Mamba-2/3: chunk length of the chunked scan (default: the layer's "
+                                    "choice for the device)", min=1, max=4096)
+    mimo_rank: int | None = option(None, help="Mamba-3: inputs and outputs per head (MIMO rank; None: SISO)", min=1,
+                                   max=64)
+    rope_fraction: float = option(0.5, help="Mamba-3: share of the state rotated by the data-dependent angles",
+                                  min=0.0, max=1.0)
+    dt_limit: list[float] | None = option(None, help="Mamba-2: [low, high] clamp of the step size", min=0.0,
+                                          allow_inf=True)
+    attn_heads: int = option(4, help="attention: query heads", min=1, max=1024)
+    attn_kv_heads: int | None = option(None, help="attention: key/value heads (default attn_heads)", min=1,
+                                       max=1024)
+    attn_window: int | None = option(None, help="attention: sliding window (default: the whole context)", min=1)
+    rope_base: float = option(10000.0, help="attention: rotary base frequency", min=1.0)
+    backend: str = option("auto", help="kernels: auto, naive, torch or triton",
+                          choices=("auto", "naive", "torch", "triton"))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dt_limit is not None and (len(self.dt_limit) != 2 or self.dt_limit[0] > self.dt_limit[1]):
+            self.fail("dt_limit", "must be [low, high] with low <= high, or None")
+        if self.dt_min > self.dt_max:
+            self.fail("dt_min", f"must be <= dt_max={self.dt_max}")
+
+    def check_width(self, d_model: int, kinds: list[str], where: str = "d_model") -> None:
+        """Raise ConfigError unless layers of ``kinds`` can be built at width ``d_model``."""
+        if "mamba2" in kinds or "mamba3" in kinds:
+            if (self.expand * d_model) % self.headdim:
+                self.fail("headdim", f"must divide expand * {where} = {self.expand * d_model}")
+            if (self.expand * d_model // self.headdim) % self.n_groups:
+                self.fail("n_groups", f"must divide the number of heads {self.expand * d_model // self.headdim}")
+        if "mamba3" in kinds and int(self.d_state * self.rope_fraction) // 2 > 0 and self.d_state % 2:
+            self.fail("d_state", "must be even when Mamba-3 rotates part of the state (rope_fraction > 0)")
+        if "attention" in kinds:
+            if d_model % self.attn_heads:
+                self.fail("attn_heads", f"must divide {where}={d_model}")
+            if (d_model // self.attn_heads) % 2:
+                self.fail("attn_heads", f"must leave an even head width (rotary pairs) at {where}={d_model}")
+            if self.attn_kv_heads is not None and self.attn_heads % self.attn_kv_heads:
+                self.fail("attn_kv_heads", f"must divide attn_heads={self.attn_heads}")
+
+    def layer_spec(self) -> dict:
+        """The fields of :class:`LayerSpec` alone."""
+        return {name: getattr(self, name) for name in LayerSpec.field_names()}
+
+
+@dataclass
+class ByteLMConfig(LayerSpec, LMConfig):
+    """Architecture of a :class:`rawseq.ByteLM`: a stack of ``n_layers`` residual blocks of width ``d_model``, plus
+    the vocabulary (:class:`LMConfig`), the signal (:class:`SignalSpec`) and layer settings (:class:`LayerSpec`).
+
+    Layers: ``ssm`` everywhere, except that with ``attention_every=k`` every k-th layer (indices k-1, 2k-1, ...) is
+    attention (k=4: three SSM layers per attention layer). ``layers`` lists the kinds explicitly instead and then
+    fixes ``n_layers``.
+    """
+
+    model_type: ClassVar[str] = "bytelm"
+
+    d_model: int = option(256, help="width of the residual stream", min=1, max=65536)
+    n_layers: int = option(4, help="residual blocks", min=1, max=1024)
+    ssm: str = option("mamba2", help="SSM layer kind", choices=SSM_KINDS)
+    attention_every: int = option(0, help="k > 0: every k-th layer is attention (a hybrid)", min=0, max=1024)
+    layers: list[str] | None = option(None, help="explicit layer kinds (overrides ssm/attention_every/n_layers)",
+                                      choices=LAYER_KINDS)
+    bidirectional: bool = option(False, help="encoder: forward + reverse scans, non-causal attention")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layers is not None:
+            if not self.layers:
+                self.fail("layers", "must list at least one layer kind, or be None")
+            self.n_layers = len(self.layers)
+        self.check_width(self.d_model, self.layer_kinds())
 
     def layer_kinds(self) -> list[str]:
         """The kind of each layer, in order."""
@@ -88,91 +215,14 @@ class ByteLMConfig:
                 kinds[i] = "attention"
         return kinds
 
-    def validate(self) -> None:
-        def bad(name, why):
-            raise ValueError(f"ByteLMConfig.{name}={getattr(self, name)!r}: {why}")
-
-        if self.ssm not in ("mamba", "mamba2"):
-            bad("ssm", "must be 'mamba' or 'mamba2'")
-        for i, kind in enumerate(self.layers or []):
-            if kind not in LAYER_KINDS:
-                raise ValueError(f"ByteLMConfig.layers[{i}]={kind!r}: must be one of {LAYER_KINDS}")
-        for name in ("d_model", "n_layers", "d_state", "d_conv", "expand", "headdim", "n_groups", "attn_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "must be a positive int")
-        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
-            bad("chunk_size", "must be a positive int or None")
-        if self.attention_every < 0:
-            bad("attention_every", "must be >= 0")
-        if self.n_special < 0:
-            bad("n_special", "must be >= 0")
-        if self.vocab_size is not None and self.vocab_size < 1:
-            bad("vocab_size", "must be a positive int or None")
-        for name in ("pad_id", "bos_id", "eos_id"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < self.total_vocab:
-                bad(name, f"must lie in [0, {self.total_vocab})")
-        if self.dt_limit is not None and len(self.dt_limit) != 2:
-            bad("dt_limit", "must be [low, high] or None")
-        if "mamba2" in self.layer_kinds() and (self.expand * self.d_model) % self.headdim:
-            bad("headdim", f"must divide expand * d_model = {self.expand * self.d_model}")
-        if "attention" in self.layer_kinds() and self.d_model % self.attn_heads:
-            bad("attn_heads", f"must divide d_model={self.d_model}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict) -> ByteLMConfig:
-        """Build a config, refusing unknown keys with the list of valid ones."""
-        return checked_dataclass(cls, data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ByteLMConfig:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+    def upgrade(cls, data: dict) -> dict:
+        extra = data.pop("extra", None)
+        if extra:
+            raise ConfigError(f"{cls.__name__}: the untyped 'extra' settings {sorted(extra)} are no longer read; "
+                              "SaShiMi models are model_type 'sashimi' with typed 'pools' and 'width_expand'")
+        return data
 
 
-def checked_dataclass(cls, data: dict):
-    """``cls(**data)`` for a config dataclass, refusing unknown keys (listing the valid ones) and values (from JSON
-    or TOML) that do not fit the field's annotation, each error naming ``Class.field``."""
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {', '.join(valid)}")
-    hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        _check_type(f"{cls.__name__}.{name}", value, hints[name])
-    return cls(**data)
-
-
-def _check_type(name: str, value, hint) -> None:
-    """Raise ValueError unless ``value`` (from JSON) fits the field's annotation; ``name`` is ``Class.field``."""
-    def fits(v, h) -> bool:
-        origin = typing.get_origin(h)
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-            return any(fits(v, a) for a in typing.get_args(h))
-        if h is type(None):
-            return v is None
-        if origin is list:
-            (item,) = typing.get_args(h) or (typing.Any,)
-            return isinstance(v, list) and all(fits(x, item) for x in v)
-        if origin is dict or h is dict:
-            return isinstance(v, dict)
-        if h is bool:
-            return isinstance(v, bool)
-        if h is int:
-            return isinstance(v, int) and not isinstance(v, bool)
-        if h is float:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-        if h is typing.Any:
-            return True
-        return isinstance(v, h)
-
-    if not fits(value, hint):
-        raise ValueError(f"{name}={value!r} does not match its type {hint}")
+__all__ = ["ByteLMConfig", "ConfigError", "LAYER_KINDS", "LMConfig", "LayerSpec", "ModelConfig", "SSM_KINDS",
+           "SignalSpec"]

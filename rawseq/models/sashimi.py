@@ -23,19 +23,48 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from rawseq.layers import RMSNorm
+from rawseq.config import option
+from rawseq.layers.state import concat_states, keep_rows, map_states
 from rawseq.models.backbone import Backbone
 from rawseq.models.bytelm import ByteLM
 from rawseq.models.config import ByteLMConfig
+from rawseq.models.registry import register
 
-DEFAULT_POOLS = (4, 4)
-DEFAULT_WIDTH_EXPAND = 2
+
+@dataclass
+class SashimiConfig(ByteLMConfig):
+    """A :class:`ByteLMConfig` for :class:`SashimiLM`: ``n_layers`` blocks per stage, and the multi-scale settings."""
+
+    model_type: ClassVar[str] = "sashimi"
+
+    pools: list[int] = option(default_factory=lambda: [4, 4], help="fold factor from each level to the next",
+                              min=1, max=4096)
+    width_expand: int = option(2, help="each coarser level is this many times wider", min=1, max=16)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.pools:
+            self.fail("pools", "must list at least one pooling factor")
+        if self.bidirectional:
+            self.fail("bidirectional", "SaShiMi is causal; bidirectional models are encoders")
+        if self.attention_every or self.layers is not None:
+            self.fail("layers", "SaShiMi levels are pure SSM stacks (no attention_every or layers)")
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        extra = data.pop("extra", None) or {}
+        for key in ("pools", "width_expand"):
+            if key in extra:
+                data.setdefault(key, extra.pop(key))
+        return super().upgrade({**data, "extra": extra})
 
 
 class DownPool(nn.Module):
@@ -77,46 +106,6 @@ def _level_config(cfg: ByteLMConfig, width: int) -> ByteLMConfig:
     return dataclasses.replace(cfg, d_model=width, d_mlp=d_mlp, attention_every=0, layers=None)
 
 
-def _copy_where(mask: torch.Tensor, target, source) -> None:
-    """target[row] = source[row] for rows where ``mask`` is False, recursively over nested states (in place)."""
-    if isinstance(target, dict):
-        for k in target:
-            _copy_where(mask, target[k], source[k])
-    elif isinstance(target, (list, tuple)):
-        for t, s in zip(target, source, strict=True):
-            _copy_where(mask, t, s)
-    elif isinstance(target, torch.Tensor):
-        keep = mask.view(-1, *([1] * (target.dim() - 1)))
-        target.copy_(torch.where(keep, target, source))
-
-
-def _clone(states):
-    if isinstance(states, dict):
-        return {k: _clone(v) for k, v in states.items()}
-    if isinstance(states, (list, tuple)):
-        return type(states)(_clone(s) for s in states)
-    return states.clone() if isinstance(states, torch.Tensor) else states
-
-
-def cat_states(states: list) -> object:
-    """Concatenate nested SaShiMi states of several batches of streams along the batch axis."""
-    first = states[0]
-    if isinstance(first, dict):
-        return {k: cat_states([s[k] for s in states]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(cat_states([s[i] for s in states]) for i in range(len(first)))
-    return torch.cat(states, dim=0)
-
-
-def index_states(states, index: torch.Tensor):
-    """Rows ``index`` of nested states."""
-    if isinstance(states, dict):
-        return {k: index_states(v, index) for k, v in states.items()}
-    if isinstance(states, (list, tuple)):
-        return type(states)(index_states(s, index) for s in states)
-    return states.index_select(0, index)
-
-
 class SashimiBackbone(nn.Module):
     """Causal multi-resolution stack; ``pools[i]`` folds level i into level i + 1, ``width_expand`` widens each.
 
@@ -125,16 +114,12 @@ class SashimiBackbone(nn.Module):
     zero-padded to a multiple of ``prod(pools)``, which causality keeps out of every earlier output).
     """
 
-    def __init__(self, cfg: ByteLMConfig, *, pools=DEFAULT_POOLS, width_expand: int = DEFAULT_WIDTH_EXPAND,
-                 device=None, dtype=None):
+    def __init__(self, cfg: SashimiConfig, *, device=None, dtype=None):
         super().__init__()
-        if cfg.bidirectional:
-            raise ValueError("SashimiBackbone is causal; bidirectional=True is for encoders")
-        if not pools or any(p < 1 for p in pools):
-            raise ValueError(f"pools must be a non-empty list of positive ints, got {pools}")
-        self.pools = [int(p) for p in pools]
+        self.pools = list(cfg.pools)
+        pools = self.pools
         kw = {"device": device, "dtype": dtype}
-        widths = [cfg.d_model * width_expand**i for i in range(len(pools) + 1)]
+        widths = [cfg.d_model * cfg.width_expand**i for i in range(len(pools) + 1)]
         self.widths = widths
         self.down = nn.ModuleList(Backbone(_level_config(cfg, w), **kw) for w in widths[:-1])
         self.center = Backbone(_level_config(cfg, widths[-1]), **kw)
@@ -152,13 +137,36 @@ class SashimiBackbone(nn.Module):
         return math.prod(self.pools)
 
     def forward(self, hidden: torch.Tensor, seq_idx=None, initial_states=None, return_states: bool = False):
-        """hidden (b, l, d) -> (b, l, d), every sequence from its start (decode with :meth:`step`)."""
-        if seq_idx is not None or initial_states is not None or return_states:
-            raise ValueError("SashimiBackbone.forward runs whole sequences from their start: no seq_idx, "
-                             "initial_states or return_states (use allocate_inference_state and step)")
+        """hidden (b, l, d) -> (b, l, d), every sequence from its start (decode with :meth:`step`).
+
+        With ``seq_idx`` (b, l), every document of a packed row runs as a sequence of its own (its pools start at
+        its first position), so a packed row gives what its documents give apart.
+        """
+        if initial_states is not None or return_states:
+            raise ValueError("SashimiBackbone.forward runs whole sequences from their start: no initial_states or "
+                             "return_states (decode with allocate_inference_state and step)")
+        if seq_idx is not None:
+            return self._documents(hidden, seq_idx)
         length = hidden.shape[1]
         hidden = F.pad(hidden, (0, 0, 0, -length % self.total_pool))
         return self._level(0, hidden)[:, :length]
+
+    def _documents(self, hidden: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
+        """Run each document of each row as its own sequence: (b, l, d) -> (b, l, d)."""
+        b, length, _ = hidden.shape
+        change = torch.ones(b, length, dtype=torch.bool, device=seq_idx.device)
+        change[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+        pieces = []  # (row, start, stop) of every document
+        for row, starts in enumerate(change.cpu().tolist()):
+            cuts = [t for t, new in enumerate(starts) if new] + [length]
+            pieces += [(row, a, z) for a, z in zip(cuts[:-1], cuts[1:])]
+        longest = max(z - a for _, a, z in pieces)
+        docs = torch.stack([F.pad(hidden[row, a:z], (0, 0, 0, longest - (z - a))) for row, a, z in pieces])
+        out = self.forward(docs)  # (documents, longest, d)
+        rows = [[] for _ in range(b)]
+        for k, (row, a, z) in enumerate(pieces):
+            rows[row].append(out[k, : z - a])
+        return torch.stack([torch.cat(parts) for parts in rows])
 
     def _level(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         if i == len(self.pools):
@@ -199,15 +207,15 @@ class SashimiBackbone(nn.Module):
         level["window"][rows, phase] = skip.to(level["window"].dtype)
         fire = phase == self.pools[i] - 1  # this stream completed a coarse step
         if bool(fire.any()):
-            deeper = None if bool(fire.all()) else _clone(self._deeper(i, states))
+            deeper = None if bool(fire.all()) else map_states(torch.Tensor.clone, self._deeper(i, states))
             coarse = self._level_step(i + 1, self.down_pool[i].step(level["window"].to(skip.dtype)), states)
             unfolded = self.up_pool[i].step(coarse).to(level["unfolded"].dtype)
             if deeper is None:
                 level["unfolded"].copy_(unfolded)
             else:
                 # Streams at another phase keep their coarse state and their unfolded output untouched.
-                _copy_where(fire, self._deeper(i, states), deeper)
-                _copy_where(fire, unfolded, level["unfolded"])
+                keep_rows(fire, self._deeper(i, states), deeper)
+                keep_rows(fire, unfolded, level["unfolded"])
                 level["unfolded"].copy_(unfolded)
         level["phase"].copy_((phase + 1) % self.pools[i])
         return out
@@ -218,23 +226,13 @@ class SashimiBackbone(nn.Module):
 
 class SashimiLM(ByteLM):
     """A :class:`rawseq.ByteLM` over a :class:`SashimiBackbone`: the same forward, loss, step, generation and
-    save/load, for sample-level audio models.
+    save/load, for sample-level audio models. Configure it with :class:`SashimiConfig`."""
 
-    The multi-scale settings live in ``config.extra``: ``"pools"`` (default ``[4, 4]``) and ``"width_expand"``
-    (default 2); ``config.n_layers`` is the number of blocks per stage. :func:`sashimi_config` builds such a config.
-    """
+    config_class = SashimiConfig
 
-    def __init__(self, config: ByteLMConfig, *, device=None, dtype=None):
-        nn.Module.__init__(self)
-        self.config = config
-        kw = {"device": device, "dtype": dtype}
-        self.embed = nn.Embedding(config.total_vocab, config.d_model, **kw)
-        self.backbone = SashimiBackbone(config, pools=config.extra.get("pools", DEFAULT_POOLS),
-                                        width_expand=config.extra.get("width_expand", DEFAULT_WIDTH_EXPAND), **kw)
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.total_vocab, bias=False,
-                                                                    **kw)
-        self._init_weights()
+    @staticmethod
+    def build_backbone(config: SashimiConfig, *, device=None, dtype=None) -> nn.Module:
+        return SashimiBackbone(config, device=device, dtype=dtype)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, seq_idx=None, states=None):
@@ -259,13 +257,9 @@ class SashimiLM(ByteLM):
             row_logits, row_states = self.prefill(torch.tensor([p], dtype=torch.long, device=device))
             logits.append(row_logits)
             states.append(row_states)
-        return torch.cat(logits), cat_states(states)
+        return torch.cat(logits), concat_states(states)
 
 
-def sashimi_config(*, pools=DEFAULT_POOLS, width_expand: int = DEFAULT_WIDTH_EXPAND, **fields) -> ByteLMConfig:
-    """A ByteLMConfig for :class:`SashimiLM`: ``fields`` are ByteLMConfig fields, the pools go into ``extra``."""
-    extra = {**fields.pop("extra", {}), "pools": [int(p) for p in pools], "width_expand": int(width_expand)}
-    return ByteLMConfig(extra=extra, **fields)
+register(SashimiConfig, SashimiLM)
 
-
-__all__ = ["DownPool", "SashimiBackbone", "SashimiLM", "UpPool", "sashimi_config"]
+__all__ = ["DownPool", "SashimiBackbone", "SashimiConfig", "SashimiLM", "UpPool"]

@@ -1,6 +1,9 @@
-"""Training: configuration, data batches, checkpoints and the loop."""
+"""Training: one loop (:mod:`.loop`) for every task and model family; the language-model task (:mod:`.lm`) and
+the classification task (:mod:`.classify`) are thin definitions on it."""
 
-from rawseq.train.config import PRESETS, TrainConfig, load_config
-from rawseq.train.trainer import NonFiniteLossError, evaluate, train
+from rawseq.train.config import RunConfig, TrainConfig, load, load_config, presets
+from rawseq.train.lm import evaluate_bpb, train
+from rawseq.train.loop import NonFiniteError, NonFiniteLossError
 
-__all__ = ["PRESETS", "NonFiniteLossError", "TrainConfig", "evaluate", "load_config", "train"]
+__all__ = ["NonFiniteError", "NonFiniteLossError", "RunConfig", "TrainConfig", "evaluate_bpb", "load", "load_config",
+           "presets", "train"]

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from rawseq.modalities._io import fsync_path
+
 log = logging.getLogger(__name__)
 
 _PREFIX = "step_"
@@ -32,14 +34,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor], model_config: dict,
@@ -61,8 +55,8 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
                                         for f in files}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for f in (*files, "manifest.json"):
-        _fsync(tmp / f)
-    _fsync(tmp)
+        fsync_path(tmp / f)
+    fsync_path(tmp)
     if final.exists():  # the same step written again (a resumed run): replace it whole
         old = root / f"{_TMP}old-{final.name}-{os.getpid()}"
         final.rename(old)
@@ -70,7 +64,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _fsync(root)
+    fsync_path(root)
     for stale in list_checkpoints(root)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     for leftover in root.glob(f"{_TMP}*"):

@@ -14,50 +14,62 @@ The entry point is :func:`train_classifier`; ``rawseq train --task=classify`` pa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rawseq.models.config import checked_dataclass
-from rawseq.models.encoders import _BY_MODALITY, Encoder, EncoderConfig
+from rawseq.config import ConfigError, atomic_write_text, option
+from rawseq.models.config import ModelConfig
+from rawseq.models import registry
+from rawseq.models.encoders import Encoder, EncoderConfig, collate_symbols
+from rawseq.train import parallel
+from rawseq.train.config import RunConfig
+from rawseq.train.loop import fit
+from rawseq.train.run import RunFolder, resolve_out_dir
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(RunConfig):
     """A classification run; ``model`` holds :class:`rawseq.models.encoders.EncoderConfig` fields."""
 
-    data: str = "sklearn-digits"  # "sklearn-digits", "spoken-digits" or a folder of class sub-folders
-    modality: str | None = None  # needed for a folder; the built-in sets know theirs
-    out_dir: str = "runs/classify"
-    spoken_digits_dir: str = "data/spoken_digits"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 50
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    test_fraction: float = 0.2
-    shift_augment: int = 0  # audio: roll each training clip by up to this many samples (0 = off)
-    eval_every: int = 5  # epochs between held-out evaluations (the last epoch is always evaluated)
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch.set_num_threads; 0 leaves torch's default
-    model: dict = field(default_factory=dict)
+    default_model_type = "encoder"
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ClassifyConfig:
-        """Build a config, refusing unknown keys (with the valid ones) and values of the wrong type."""
-        return checked_dataclass(cls, data)
+    data: str = option("sklearn-digits", help="sklearn-digits, spoken-digits or a folder of class sub-folders",
+                       path=True)
+    modality: str | None = option(None, help="audio, image or text (needed for a folder)",
+                                  choices=("audio", "image", "text"))
+    spoken_digits_dir: str = option("data/spoken_digits", help="where the spoken digits are built", path=True)
+    epochs: int = option(30, help="passes over the training split", min=1, max=1 << 20)
+    steps: int | None = option(None, help="optimizer steps (default: epochs x batches per epoch)", min=1)
+    batch_size: int = option(32, help="items per optimizer step", min=1, max=1 << 20)
+    lr: float = option(3e-3, help="peak learning rate (AdamW)", min=1e-12, max=10.0)
+    min_lr_ratio: float = option(0.05, help="the cosine schedule ends at lr * min_lr_ratio", min=0.0, max=1.0)
+    warmup_steps: int = option(50, help="linear warmup steps", min=0)
+    weight_decay: float = option(0.05, help="AdamW decay of matrices", min=0.0, max=10.0)
+    beta2: float = option(0.98, help="AdamW beta2", min=0.0, max=0.9999999)
+    test_fraction: float = option(0.2, help="held-out share of every class", min=0.0, max=0.99)
+    shift_augment: int = option(0, help="audio: roll each training clip by up to this many samples (0: off)",
+                                min=0)
+    eval_every: int = option(5, help="epochs between held-out evaluations (and at the end)", min=1)
+    checkpoint_every: int = option(5, help="epochs between checkpoints (and at the end)", min=1)
+    threads: int = option(0, help="torch.set_num_threads (0: torch's default)", min=0, max=1024)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.data not in ("sklearn-digits", "spoken-digits") and self.modality is None:
+            self.fail("modality", f"data={self.data!r} is a folder: set modality (audio, image or text)")
+
+    @property
+    def data_modality(self) -> str:
+        return {"sklearn-digits": "image", "spoken-digits": "audio"}.get(self.data, self.modality)
 
 
 @dataclass
@@ -105,8 +117,8 @@ def load_dataset(cfg: ClassifyConfig, encoder: Encoder | None = None) -> Dataset
         clips = spoken_digits.build(cfg.spoken_digits_dir)
         return _spoken_digit_split(clips, cfg)
     else:
-        if cfg.modality is None or encoder is None:
-            raise ValueError(f"data={cfg.data!r} is a folder: set modality (audio, image or text)")
+        if encoder is None:
+            raise ConfigError(f"data={cfg.data!r} is a folder: an encoder must turn its files into symbols")
         root = Path(cfg.data)
         names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if len(names) < 2:
@@ -139,11 +151,6 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, n_classes: i
     return torch.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def _batch(model: Encoder, items: list[torch.Tensor], labels: list[int], device) -> tuple:
-    y = torch.tensor(labels, dtype=torch.long, device=device)
-    if all(len(s) == len(items[0]) for s in items):
-        return torch.stack(items).to(device), None, y
-    return torch.cat(items).unsqueeze(0).to(device), [len(s) for s in items], y
 
 
 @torch.no_grad()
@@ -154,10 +161,10 @@ def evaluate(model: Encoder, items: list[torch.Tensor], labels: list[int], *, ba
     device = model.device
     preds, losses = [], []
     for start in range(0, len(items), batch_size):
-        ids, lengths, y = _batch(model, items[start : start + batch_size], labels[start : start + batch_size], device)
-        out = model(ids, lengths=lengths, labels=y)
+        batch = collate_symbols(items[start : start + batch_size], labels=labels[start : start + batch_size])
+        out = model(**{k: v.to(device) for k, v in batch.items()})
         preds.append(out.logits.argmax(-1).cpu())
-        losses.append(out.loss.item() * len(y))
+        losses.append(out.loss.item() * len(batch["labels"]))
     model.train(was_training)
     pred = torch.cat(preds)
     target = torch.tensor(labels)
@@ -166,110 +173,103 @@ def evaluate(model: Encoder, items: list[torch.Tensor], labels: list[int], *, ba
             "confusion_matrix": cm.tolist(), "n": len(labels)}
 
 
-def _lr_at(cfg: ClassifyConfig, step: int, total: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+class ClassifyTask:
+    """Shuffled batches of items each epoch (a pure function of the step, so resume is exact); cross-entropy."""
+
+    def __init__(self, cfg: ClassifyConfig, data: Dataset, model_config: EncoderConfig):
+        self.cfg, self.data, self._model_config = cfg, data, model_config
+        self.per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        self.last_eval: dict = {}
+
+    def model_config(self) -> EncoderConfig:
+        return self._model_config
+
+    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        epoch, k = divmod(step, self.per_epoch)
+        order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        idx = order[k * self.cfg.batch_size : (k + 1) * self.cfg.batch_size].tolist()
+        items = [self.data.train[i] for i in idx]
+        if self.cfg.shift_augment:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            shifts = torch.randint(-self.cfg.shift_augment, self.cfg.shift_augment + 1, (len(items),), generator=gen)
+            items = [torch.roll(s, int(n)) for s, n in zip(items, shifts)]
+        return collate_symbols(items, labels=[self.data.train_labels[i] for i in idx])
+
+    @staticmethod
+    def count(batch) -> int:
+        return len(batch["labels"])
+
+    def forward(self, model, batch):
+        out = model(batch["input_ids"], lengths=batch.get("lengths"), labels=batch["labels"])
+        accuracy = float((out.logits.argmax(-1) == batch["labels"]).float().mean())
+        return out.loss, len(batch["labels"]), {"loss": float(out.loss.detach()), "accuracy": accuracy}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        self.last_eval = evaluate(model, self.data.test, self.data.test_labels)
+        return {"test_loss": self.last_eval["loss"], "test_accuracy": self.last_eval["accuracy"]}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
-def fit(model: Encoder, data: Dataset, cfg: ClassifyConfig, *, log_fn=None) -> dict:
-    """Train ``model`` on ``data.train`` for ``cfg.epochs`` and return the last held-out evaluation, with history."""
-    device = model.device
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = len(data.train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    history, step = [], 0
-    model.train()
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen).tolist()
-        seen = correct = 0
-        loss_sum = 0.0
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            items = [data.train[i] for i in idx]
-            if cfg.shift_augment:
-                shifts = torch.randint(-cfg.shift_augment, cfg.shift_augment + 1, (len(items),), generator=gen)
-                items = [torch.roll(s, int(k)) for s, k in zip(items, shifts)]
-            ids, lengths, y = _batch(model, items, [data.train_labels[i] for i in idx], device)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step, total)
-            out = model(ids, lengths=lengths, labels=y)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            seen += len(y)
-            correct += int((out.logits.argmax(-1) == y).sum())
-            loss_sum += out.loss.item() * len(y)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            ev = evaluate(model, data.test, data.test_labels)
-            record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
-            last = ev
-        history.append(record)
-        if log_fn is not None:
-            log_fn(record)
-    return {**last, "history": history}
-
-
-def train_classifier(config: ClassifyConfig | dict, *, log_fn=None) -> dict:
-    """Train an encoder classifier on the configured data, save it and its metrics, and return the summary.
+def train_classifier(config: ClassifyConfig | dict, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train an encoder classifier on the configured data and return the summary.
 
     Args:
         config: a :class:`ClassifyConfig` or a dict of its keys (``model`` a dict of EncoderConfig keys).
-        log_fn: called with each epoch's record (dict); default logs at INFO.
+        resume, overwrite: what to do with a run folder that already holds a run (see docs/training.md).
 
     Returns:
         dict with ``test_accuracy``, ``test_loss``, ``confusion_matrix`` (rows true, columns predicted),
-        ``labels``, ``train_accuracy``, ``parameters``, ``seconds``, ``history`` and ``out_dir`` (holding
-        ``config.json``, ``model.safetensors`` and ``metrics.json``).
+        ``labels``, ``train_accuracy``, ``parameters``, ``seconds``, ``out_dir`` (the run folder: ``model/``,
+        ``metrics.jsonl``, ``results.json``).
     """
     cfg = ClassifyConfig.from_dict(config) if isinstance(config, dict) else config
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    place = parallel.setup(cfg.device)
+    cfg = cfg.replace(out_dir=str(resolve_out_dir(cfg.out_dir, "classify", resume=resume)))
+    folder = RunFolder(cfg.out_dir, resume=resume, overwrite=overwrite)
     try:
-        return _train_classifier(cfg, log_fn)
+        folder.open(cfg.to_dict())
+        summary = _train_classifier(cfg, place, folder, resume)
+        folder.finish("finished")
+        return summary
+    except BaseException as exc:
+        folder.finish("failed", error=str(exc) or type(exc).__name__)
+        raise
     finally:
+        folder.close()
         torch.set_num_threads(threads)
 
 
-def _train_classifier(cfg: ClassifyConfig, log_fn) -> dict:
-    torch.manual_seed(cfg.seed)
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    modality = {"sklearn-digits": "image", "spoken-digits": "audio"}.get(cfg.data, cfg.modality)
-    if modality is None:
-        raise ValueError(f"data={cfg.data!r} is a folder: set modality (audio, image or text)")
-    probe = _BY_MODALITY[modality](EncoderConfig.from_dict({**cfg.model, "modality": modality, "n_classes": 0}))
+def _train_classifier(cfg: ClassifyConfig, place, folder, resume: bool) -> dict:
+    modality = cfg.data_modality
+    base = {**cfg.model, "model_type": "encoder", "modality": modality}
+    probe = registry.build(ModelConfig.from_dict({**base, "n_classes": 0}))
     data = load_dataset(cfg, probe)
-    model_cfg = EncoderConfig.from_dict({**cfg.model, "modality": modality, "n_classes": len(data.labels),
-                                         "labels": data.labels})
-    model = _BY_MODALITY[modality](model_cfg, device=device)
+    model_cfg = ModelConfig.from_dict({**base, "n_classes": len(data.labels), "labels": data.labels})
+    task = ClassifyTask(cfg, data, model_cfg)
+    per_epoch = task.per_epoch
+    run_cfg = cfg.replace(steps=cfg.steps or cfg.epochs * per_epoch, eval_every=cfg.eval_every * per_epoch,
+                          checkpoint_every=cfg.checkpoint_every * per_epoch)
     start = time.perf_counter()
-    result = fit(model, data, cfg, log_fn=log_fn or (lambda r: log.info("%s", r)))
+    result = fit(task, run_cfg, folder, place, resume=resume)
     seconds = time.perf_counter() - start
+    if result.get("finished"):
+        return result
+    ev = task.last_eval
     summary = {
-        "test_accuracy": result["accuracy"], "test_loss": result["loss"],
-        "confusion_matrix": result["confusion_matrix"], "labels": data.labels,
-        "train_accuracy": result["history"][-1]["train_accuracy"], "n_train": len(data.train),
-        "n_test": len(data.test), "parameters": model.num_parameters(), "seconds": seconds,
-        "history": result["history"], "out_dir": cfg.out_dir,
+        "test_accuracy": ev["accuracy"], "test_loss": ev["loss"], "confusion_matrix": ev["confusion_matrix"],
+        "labels": data.labels, "train_accuracy": result.get("accuracy"), "n_train": len(data.train),
+        "n_test": len(data.test), "parameters": result.get("parameters"), "seconds": seconds,
+        "steps": run_cfg.steps, "out_dir": cfg.out_dir, "model_dir": result.get("model_dir"),
     }
-    out = Path(cfg.out_dir)
-    model.save_pretrained(out)
-    (out / "metrics.json").write_text(json.dumps({**summary, "config": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    atomic_write_text(Path(cfg.out_dir) / "results.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -1,241 +1,235 @@
-"""Training configuration: one dataclass, read from TOML and ``--key=value`` overrides, checked field by field.
+"""Run configuration: the settings every training run shares (:class:`RunConfig`), the language-model run
+(:class:`TrainConfig`), and the one loader every command uses (:func:`load`): a preset, a TOML file and
+command-line overrides, later ones winning.
 
-A TOML file holds the training keys at top level and the model's in a ``[model]`` table (the fields of
-:class:`rawseq.ByteLMConfig`); on the command line, model keys are written ``--model.d_model=128``.
+A TOML file holds the run keys at top level and the model's in a ``[model]`` table (``model_type`` picks the family
+in :mod:`rawseq.models.registry`; its config class's fields are the valid keys). On the command line a key is
+``--key=value`` or ``--key value``, a model key ``--model.key=value``; a boolean may be given alone (``--compile``);
+lists are ``[4,4,4]`` or ``4,4,4``. Unknown keys are errors that suggest the closest valid key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rawseq.models.config import ByteLMConfig
+from rawseq.config import Config, ConfigError, option, parse_value, unknown_key
 
 MODALITIES = ("text", "audio", "image", "multimodal")
+DEVICES_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+
+
+def check_device(cfg: Config) -> None:
+    device = cfg.device
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        cfg.fail("device", f"must be {DEVICES_HELP}")
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; ``model`` holds :class:`ByteLMConfig` fields."""
+class RunConfig(Config):
+    """What every training run has: where it writes, the optimiser and schedule, the device, the model."""
 
-    data: str | None = None  # file, folder or glob; None = the Python standard library's source files
-    out_dir: str = "runs/bytelm"
-    preset: str = "tiny-text"
-    modality: str = "text"  # how files become symbols: text (raw bytes), audio, image, multimodal
-    audio_codec: str = "mulaw8"
-    sample_rate: int = 16000
-    image_size: int | None = None
-    image_mode: str = "RGB"  # L, LA, RGB or RGBA: symbols per pixel = channels
-    cache_dir: str | None = None  # corpus cache; default <out_dir>/../.corpus-cache/<hash>
-    max_corpus_bytes: int = 0  # 0 = no limit; otherwise stop adding files past this many bytes
-    steps: int = 300
-    batch_size: int = 4  # sequences per optimizer step, across all processes
-    grad_accum: int = 1
-    seq_len: int = 512
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    val_fraction: float = 0.02
-    eval_every: int = 100
-    eval_batches: int = 8
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    max_nonfinite: int = 10  # stop after this many skipped steps with a non-finite loss or gradient
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    activation_checkpointing: bool = False
-    stateful: bool = False  # carry SSM states across consecutive windows of the same document (TBPTT)
-    fsdp: bool = False
-    num_workers: int = 0
-    log_every: int = 10
-    sample_bytes: int = 200  # bytes generated at the end of a text run (0 = none)
-    sample_prompt: str = "def "
-    progress: bool = True
-    model: dict = field(default_factory=dict)
+    default_model_type = "bytelm"
+
+    out_dir: str | None = option(None, help="the run folder (default: a new runs/<preset>/<date-time>, linked as "
+                                 "runs/<preset>/latest)", path=True)
+    steps: int = option(300, help="optimizer steps", min=1, max=10**9)
+    batch_size: int = option(4, help="sequences per optimizer step, over all processes", min=1, max=1 << 20)
+    lr: float = option(2e-3, help="peak learning rate (AdamW)", min=1e-12, max=10.0)
+    min_lr_ratio: float = option(0.1, help="the cosine schedule ends at lr * min_lr_ratio", min=0.0, max=1.0)
+    warmup_steps: int = option(30, help="linear warmup steps", min=0)
+    weight_decay: float = option(0.1, help="AdamW decay of matrices (not norms, biases, embeddings, SSM decays)",
+                                 min=0.0, max=10.0)
+    beta1: float = option(0.9, help="AdamW beta1", min=0.0, max=0.9999999)
+    beta2: float = option(0.95, help="AdamW beta2", min=0.0, max=0.9999999)
+    grad_clip: float = option(1.0, help="clip the gradient norm to this (0: no clipping)", min=0.0)
+    eval_every: int = option(100, help="steps between evaluations (and at the end)", min=1)
+    checkpoint_every: int = option(100, help="steps between checkpoints (and at the end)", min=1)
+    keep_checkpoints: int = option(2, help="checkpoints kept", min=1, max=1000)
+    max_nonfinite: int = option(10, help="steps with a non-finite loss or gradient tolerated before failing", min=0)
+    seed: int = option(0, help="model initialisation and data order", min=0, max=2**63 - 1)
+    device: str = option("auto", help=DEVICES_HELP)
+    compile: bool = option(False, help="torch.compile the model")
+    activation_checkpointing: bool = option(False, help="recompute each block in the backward (less memory)")
+    fsdp: bool = option(False, help="under torchrun: FSDP2 instead of DDP")
+    log_every: int = option(10, help="steps between log lines", min=1)
+    progress: bool = option(True, help="show a progress bar")
+    tensorboard: bool = option(False, help="also write TensorBoard events to <out_dir>/tensorboard")
+    model: dict = option(default_factory=dict, help="the model's config (a [model] table; model_type picks it)")
 
     def validate(self) -> None:
-        def bad(name: str, why: str):
-            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+        super().validate()
+        check_device(self)
+        self.model_config()
 
-        for name in ("steps", "batch_size", "grad_accum", "seq_len", "checkpoint_every", "keep_checkpoints",
-                     "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                bad(name, "must be >= 1")
-        for name in ("warmup_steps", "eval_batches", "max_nonfinite", "num_workers", "sample_bytes",
-                     "max_corpus_bytes"):
-            if getattr(self, name) < 0:
-                bad(name, "must be >= 0")
-        if not 0.0 < self.val_fraction < 1.0:
-            bad("val_fraction", "must be between 0 and 1")
-        if self.lr <= 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            bad("lr" if self.lr <= 0 else "min_lr_ratio", "lr must be > 0 and min_lr_ratio in [0, 1]")
-        if self.modality not in MODALITIES:
-            bad("modality", f"must be one of {MODALITIES}")
-        if self.image_mode not in ("L", "LA", "RGB", "RGBA"):
-            bad("image_mode", "must be one of L, LA, RGB, RGBA")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            bad("device", "must be auto, cpu, cuda or cuda:N")
-        self.model_config()  # raises on unknown or mistyped model keys
+    def model_config(self):
+        """The typed config of ``model`` (its ``model_type``, or this run's default family)."""
+        from rawseq.models.config import ModelConfig
 
-    def model_config(self) -> ByteLMConfig:
-        return ByteLMConfig.from_dict(dict(self.model))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return ModelConfig.from_dict({"model_type": self.default_model_type, **self.model})
 
 
-def _presets() -> dict[str, dict[str, Any]]:
-    """Small, complete starting points; every key can still be overridden."""
-    tiny_model = {"d_model": 128, "n_layers": 4, "ssm": "mamba2", "headdim": 32, "d_state": 32, "chunk_size": 64}
-    return {
-        "tiny-text": {"modality": "text", "seq_len": 256, "batch_size": 8, "steps": 300, "lr": 3e-3,
-                      "model": dict(tiny_model)},
-        "tiny-audio": {"modality": "audio", "audio_codec": "mulaw8", "seq_len": 1024, "batch_size": 4,
-                       "steps": 300, "lr": 2e-3, "sample_bytes": 0,
-                       "model": {**tiny_model, "ssm": "mamba", "d_state": 16}},
-        "tiny-pixels": {"modality": "image", "image_mode": "L", "seq_len": 192, "batch_size": 8, "steps": 300,
-                        "lr": 3e-3,
-                        "sample_bytes": 0, "model": dict(tiny_model)},
-    }
+@dataclass
+class TrainConfig(RunConfig):
+    """A language-model run: symbols from ``data`` cut into windows of ``seq_len``; see docs/training.md."""
+
+    data: str | None = option(None, help="file, folder or glob of training data (default: the Python standard "
+                              "library's sources)", path=True)
+    preset: str = option("tiny-text", help="starting point (tiny-text, tiny-audio, tiny-pixels, ...)")
+    modality: str = option("text", help="how files become symbols", choices=MODALITIES)
+    audio_codec: str = option("mulaw8", help="audio: mulaw8, linear8 or pcm16", choices=("mulaw8", "linear8", "pcm16"))
+    sample_rate: int = option(16000, help="audio: samples per second", min=1, max=1_000_000)
+    image_size: int | None = option(None, help="images: resize to this square side", min=1, max=65536)
+    image_mode: str = option("RGB", help="images: L, LA, RGB or RGBA (symbols per pixel)",
+                             choices=("L", "LA", "RGB", "RGBA"))
+    cache_dir: str | None = option(None, help="corpus cache folder (default beside out_dir)", path=True)
+    max_corpus_bytes: int = option(0, help="stop adding files past this many bytes (0: no limit)", min=0)
+    grad_accum: int = option(1, help="micro-batches per optimizer step", min=1, max=1 << 16)
+    seq_len: int = option(512, help="symbols per training window", min=1, max=1 << 24)
+    val_fraction: float = option(0.02, help="held-out share of the data", min=1e-9, max=0.999999)
+    eval_batches: int = option(8, help="validation batches per evaluation (0: all)", min=0)
+    stateful: bool = option(False, help="carry states across consecutive windows of a document (TBPTT)")
+    num_workers: int = option(0, help="DataLoader workers", min=0, max=256)
+    sample_bytes: int = option(200, help="bytes sampled at the end of a text run (0: none)", min=0, max=1 << 20)
+    sample_prompt: str = option("def ", help="prompt of that sample")
 
 
-PRESETS = tuple(_presets())
-
-
-def _type_of(name: str):
-    return typing.get_type_hints(TrainConfig)[name]
-
-
-def _parse_value(key: str, text: str, hint) -> Any:
-    """Turn a command-line string into a value of the annotated type, or raise naming the key."""
-    args = typing.get_args(hint)
-    if text.lower() in ("none", "null") and type(None) in args:
-        return None
-    kinds = [a for a in args if a is not type(None)] or [hint]
-    for kind in kinds:
-        try:
-            if kind is bool:
-                if text.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if text.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            if kind in (int, float):
-                return kind(text)
-            if kind is str:
-                return text
-            if typing.get_origin(kind) is list or kind is list:
-                return [x for x in text.split(",") if x]
-        except ValueError:
+def split_args(args: list[str], flags: dict[str, type] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Command-line words -> (positional words, {key: text}) for ``--key=value``, ``--key value`` and a boolean
+    ``--key`` alone (followed by another option or nothing). ``flags`` names keys whose type is ``bool``."""
+    flags = flags or {}
+    positional, values = [], {}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if not word.startswith("--") or word == "--":
+            positional.append(word)
+            i += 1
             continue
-    raise ValueError(f"--{key}={text!r} is not a valid {hint}")
+        key, eq, text = word[2:].partition("=")
+        if not key:
+            raise ConfigError(f"{word!r} is not an option")
+        if not eq:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if flags.get(key) is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in
+                                           ("true", "false", "1", "0", "yes", "no", "on", "off")):
+                text = "true"
+            elif nxt is None:
+                raise ConfigError(f"--{key} needs a value (--{key}=VALUE or --{key} VALUE)")
+            else:
+                text = nxt
+                i += 1
+        values[key] = text  # a key given twice: the later value wins
+        i += 1
+    return positional, values
 
 
-def parse_overrides(overrides: list[str], config_cls, model_cls) -> dict[str, Any]:
-    """``--key=value`` strings -> a dict for ``config_cls`` (``--model.key`` into its ``model`` dict), each value
-    parsed by its field's type; unknown keys are errors listing the valid ones."""
-    hints, model_hints = typing.get_type_hints(config_cls), typing.get_type_hints(model_cls)
+def read_toml(path: str | Path) -> dict:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist or is not a file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def presets() -> list[str]:
+    """Names of the preset files shipped with rawseq."""
+    return sorted(p.name[:-5] for p in resources.files("rawseq.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name: str) -> dict:
+    if name not in presets():
+        raise ConfigError(str(unknown_key(name, presets(), "preset")).replace("; valid:", "; presets:"))
+    return tomllib.loads(resources.files("rawseq.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8"))
+
+
+def _merge(*layers: dict) -> dict:
+    """Later layers win key by key; a ``model`` table merges field by field unless it names another family."""
     out: dict[str, Any] = {}
-    for item in overrides:
-        if not item.startswith("--") or "=" not in item:
-            raise ValueError(f"override {item!r} must look like --key=value")
-        key, text = item[2:].split("=", 1)
-        if key.startswith("model."):
-            name = key[6:]
-            if name not in model_hints:
-                raise ValueError(f"unknown model key {name!r}; valid model keys: {', '.join(model_hints)}")
-            out.setdefault("model", {})[name] = _parse_value(key, text, model_hints[name])
-        elif key in hints and key != "model":
-            out[key] = _parse_value(key, text, hints[key])
-        else:
-            valid = ", ".join(k for k in hints if k != "model")
-            raise ValueError(f"unknown key {key!r}; valid keys: {valid} (and model.<field>)")
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "model" and isinstance(value, dict) and isinstance(out.get("model"), dict):
+                before = out["model"]
+                same = value.get("model_type", before.get("model_type")) == before.get("model_type")
+                out["model"] = {**before, **value} if same else dict(value)
+            else:
+                out[key] = value
     return out
 
 
-def _parse_model_value(key: str, text: str) -> Any:
-    hints = typing.get_type_hints(ByteLMConfig)
-    if key not in hints:
-        valid = ", ".join(f.name for f in dataclasses.fields(ByteLMConfig))
-        raise ValueError(f"unknown model key {key!r}; valid model keys: {valid}")
-    return _parse_value(f"model.{key}", text, hints[key])
+def _check_keys(cls, data: dict, source: str) -> None:
+    valid = cls.field_names()
+    for key in data:
+        if key not in valid:
+            raise ConfigError(f"{source}: {unknown_key(key, valid)}")
+    if "model" in data and not isinstance(data["model"], dict):
+        raise ConfigError(f"{source}: 'model' must be a table of model fields")
 
 
-def _check_keys(data: dict, source: str) -> None:
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"{source}: unknown keys {unknown}; valid keys: {', '.join(valid)}")
-    for key, value in data.items():
-        if key == "model":
-            if not isinstance(value, dict):
-                raise ValueError(f"{source}: 'model' must be a table of ByteLMConfig fields")
-            continue
-        hint = _type_of(key)
-        kinds = typing.get_args(hint) or (hint,)
-        ok = any(
-            (k is type(None) and value is None)
-            or (k is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-            or (k is int and isinstance(value, int) and not isinstance(value, bool))
-            or (k not in (int, float, type(None)) and isinstance(value, k))
-            for k in kinds
-        )
-        if not ok:
-            raise ValueError(f"{source}: {key}={value!r} does not match its type {hint}")
+def typed_overrides(cls, values: dict[str, str], model_class: type | None) -> dict:
+    """``{key: text}`` from the command line -> values typed by ``cls``'s fields (``model.*`` by ``model_class``)."""
+    hints = cls.hints()
+    valid = [k for k in cls.field_names() if k != "model"]
+    out: dict[str, Any] = {}
+    for key, text in values.items():
+        if key.startswith("model.") and model_class is not None:
+            name = key[6:]
+            if name == "model_type":
+                out.setdefault("model", {})[name] = text
+                continue
+            mhints = model_class.hints()
+            if name not in mhints:
+                raise unknown_key(name, model_class.field_names(specific_first=True), f"{model_class.__name__} key")
+            out.setdefault("model", {})[name] = parse_value(key, text, mhints[name])
+        elif key in valid:
+            out[key] = parse_value(key, text, hints[key])
+        else:
+            extra = " (and model.<key>)" if model_class is not None else ""
+            raise ConfigError(str(unknown_key(key, valid)) + extra)
+    return out
+
+
+def load(cls, path: str | Path | None = None, overrides: dict[str, str] | None = None, preset: str | None = None):
+    """Build ``cls`` (a :class:`RunConfig` or any :class:`Config`) from a preset (if ``cls`` has a ``preset``
+    field), a TOML file and command-line overrides ``{key: text}`` (see :func:`split_args`), later ones winning.
+
+    Raises:
+        ConfigError: a missing or invalid file, an unknown preset or key (with the closest valid one), a value of
+            the wrong type or out of range (naming the field).
+    """
+    overrides = dict(overrides or {})
+    file_data = read_toml(path) if path is not None else {}
+    if path is not None:
+        _check_keys(cls, file_data, str(path))
+    preset_data: dict = {}
+    if "preset" in cls.field_names():
+        name = preset or overrides.pop("preset", None) or file_data.get("preset") or cls().preset
+        preset_data = read_preset(name)
+        preset_data["preset"] = name
+    elif preset is not None:
+        raise ConfigError(f"{cls.__name__} has no presets")
+    model_class = None
+    if "model" in cls.field_names():
+        from rawseq.models.registry import config_class
+
+        model_type = overrides.get("model.model_type") or _merge(preset_data, file_data).get("model", {}).get(
+            "model_type", getattr(cls, "default_model_type", "bytelm"))
+        model_class = config_class(model_type)
+    data = _merge(preset_data, file_data, typed_overrides(cls, overrides, model_class))
+    return cls.from_dict(data)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None, preset: str | None = None) -> TrainConfig:
-    """Build a TrainConfig from a preset, then a TOML file, then ``--key=value`` overrides (later wins).
+    """A :class:`TrainConfig` from a preset, a TOML file and ``--key=value`` / ``--key value`` words."""
+    positional, values = split_args(list(overrides or []), {k: v for k, v in TrainConfig.hints().items()})
+    if positional:
+        raise ConfigError(f"unexpected argument {positional[0]!r}: options are --key=value")
+    return load(TrainConfig, path, values, preset)
 
-    Raises:
-        ValueError: for a missing/unreadable file, bad TOML, unknown keys (listing the valid ones), values of the
-            wrong type, or an unknown preset (listing the presets).
-    """
-    data: dict[str, Any] = {}
-    file_data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {path} does not exist or is not a file")
-        try:
-            file_data = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
-        _check_keys(file_data, str(path))
-    cli: dict[str, Any] = {}
-    cli_model: dict[str, Any] = {}
-    for item in overrides or []:
-        if not item.startswith("--") or "=" not in item:
-            raise ValueError(f"override {item!r} must look like --key=value")
-        key, text = item[2:].split("=", 1)
-        if key.startswith("model."):
-            cli_model[key[6:]] = _parse_model_value(key[6:], text)
-        else:
-            if key not in {f.name for f in dataclasses.fields(TrainConfig)} or key == "model":
-                valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig) if f.name != "model")
-                raise ValueError(f"unknown key {key!r}; valid keys: {valid} (and model.<field>)")
-            cli[key] = _parse_value(key, text, _type_of(key))
-    name = preset or cli.get("preset") or file_data.get("preset") or TrainConfig.preset
-    presets = _presets()
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(presets)}")
-    for layer in (presets[name], file_data, cli):
-        model = layer.get("model")
-        data.update({k: v for k, v in layer.items() if k != "model"})
-        if model:
-            data["model"] = {**data.get("model", {}), **model}
-    if cli_model:
-        data["model"] = {**data.get("model", {}), **cli_model}
-    data["preset"] = name
-    cfg = TrainConfig(**data)
-    cfg.validate()
-    return cfg
+
+__all__ = ["RunConfig", "TrainConfig", "load", "load_config", "presets", "read_toml", "split_args"]

@@ -60,7 +60,8 @@ def build_corpus(cfg) -> ByteCorpus:
     corpus = ByteCorpus.build(
         sources, cache, modality=modality, codec=cfg.audio_codec, sample_rate=cfg.sample_rate,
         image_size=cfg.image_size, image_mode=cfg.image_mode, multimodal=cfg.modality == "multimodal",
-        exclude=[cfg.out_dir, caches],  # never read the run's own checkpoints or corpus caches as data
+        progress=cfg.progress,
+        exclude=[cfg.out_dir, cache, caches],  # never read the run's own files or corpus caches as data
     )
     if corpus.num_symbols < cfg.seq_len + 2:
         raise ValueError(f"data={cfg.data!r} holds {corpus.num_symbols} symbols, too few for seq_len={cfg.seq_len}")
@@ -152,4 +153,6 @@ def split_corpus(corpus: ByteCorpus, cfg):
 
 
 def eval_windows(val_view, cfg) -> SequentialWindows:
-    return SequentialWindows(val_view, cfg.seq_len)
+    """Consecutive windows of the validation data. The last one is padded with symbol 0: padding is a document of
+    its own with no targets, so any id in every model's vocabulary serves, and 0 is in all of them."""
+    return SequentialWindows(val_view, cfg.seq_len, pad_id=0)

@@ -15,7 +15,7 @@ from rawseq.train.data import Batches, build_corpus
 def _cfg(tmp_path, **kw):
     base = dict(seq_len=8, batch_size=2, grad_accum=1, seed=0, stateful=True, num_workers=0, data=None,
                 max_corpus_bytes=0, cache_dir=None, out_dir=str(tmp_path / "run"), modality="text",
-                audio_codec="mulaw8", sample_rate=16000, image_size=None, image_mode="RGB")
+                audio_codec="mulaw8", sample_rate=16000, image_size=None, image_mode="RGB", progress=False)
     return SimpleNamespace(**{**base, **kw})
 
 

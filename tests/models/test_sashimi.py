@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rawseq.layers import state_bytes
-from rawseq.models.sashimi import DownPool, SashimiLM, UpPool, sashimi_config
+from rawseq.models.sashimi import DownPool, SashimiConfig, SashimiLM, UpPool
 
 
 def _model(ssm: str, pools, **kw) -> SashimiLM:
-    cfg = sashimi_config(pools=pools, d_model=16, n_layers=1, ssm=ssm, headdim=8, d_state=8, chunk_size=8,
+    cfg = SashimiConfig(pools=pools, d_model=16, n_layers=1, ssm=ssm, headdim=8, d_state=8, chunk_size=8,
                          n_special=0, **kw)
     return SashimiLM(cfg).double().eval()
 
@@ -92,10 +92,37 @@ def test_generate_save_and_load(tmp_path):
     loaded = SashimiLM.from_pretrained(tmp_path / "m")
     ids = torch.randint(0, 256, (1, 9))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
-    assert loaded.config.extra["pools"] == [2, 2]
+    assert isinstance(loaded.config, SashimiConfig) and loaded.config.pools == [2, 2]
 
 
 def test_forward_refuses_what_it_cannot_do():
     model = _model("mamba2", [2])
     with pytest.raises(ValueError, match="step"):
         model(torch.zeros(1, 4, dtype=torch.long), return_states=True)
+
+
+def test_packed_documents_equal_separate_rows():
+    model = _model("mamba2", [2, 3])
+    docs = [torch.randint(0, 256, (n,)) for n in (5, 13, 1, 9)]
+    rows = [torch.cat(docs[:2]), torch.cat(docs[2:])]
+    seq_idx = torch.tensor([[0] * 5 + [1] * 13, [0] * 1 + [1] * 9 + [2] * 8])
+    packed = torch.stack([rows[0], torch.cat([rows[1], torch.randint(0, 256, (8,))])])
+    out = model(packed, seq_idx=seq_idx).logits
+    alone = [model(d.unsqueeze(0)).logits[0] for d in docs]
+    torch.testing.assert_close(out[0], torch.cat(alone[:2]))
+    torch.testing.assert_close(out[1, :10], torch.cat(alone[2:]))
+
+
+def test_sashimi_trains_from_the_command_line(tmp_path):
+    from rawseq.cli import main
+    from rawseq.models import from_pretrained
+
+    data = tmp_path / "data.txt"
+    data.write_bytes(bytes(range(256)) * 40)
+    code = main(["train", f"--data={data}", f"--out_dir={tmp_path / 'run'}", "--steps=2", "--seq_len=64",
+                 "--batch_size=2", "--progress=false", "--sample_bytes=0", "--eval_batches=1",
+                 "--model.model_type=sashimi", "--model.pools=[2,2]", "--model.d_model=16", "--model.n_layers=1",
+                 "--model.headdim=8", "--model.d_state=8", "--model.chunk_size=8"])
+    assert code == 0
+    model = from_pretrained(tmp_path / "run/model")
+    assert isinstance(model, SashimiLM) and model.config.pools == [2, 2]

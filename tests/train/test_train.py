@@ -19,7 +19,7 @@ import torch
 from rawseq.train import NonFiniteLossError, load_config, train
 from rawseq.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from rawseq.train.data import Batches
-from rawseq.train.trainer import lr_at
+from rawseq.train.optim import lr_at
 
 TINY = ["--model.d_model=32", "--model.n_layers=2", "--model.headdim=16", "--model.d_state=8",
         "--model.chunk_size=32", "--seq_len=32", "--batch_size=4", "--progress=false", "--sample_bytes=0",
@@ -50,15 +50,15 @@ def _losses(out_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown key 'stepz'; valid keys: data, out_dir"):
+    with pytest.raises(ValueError, match=r"unknown key 'stepz' \(did you mean 'steps'\?\); valid: out_dir, steps"):
         load_config(None, ["--stepz=3"])
     with pytest.raises(ValueError, match=r"--steps='three' is not a valid"):
         load_config(None, ["--steps=three"])
     with pytest.raises(ValueError, match=r"steps=0: must be >= 1"):
         load_config(None, ["--steps=0"])
-    with pytest.raises(ValueError, match=r"unknown model key 'width'; valid model keys: d_model"):
+    with pytest.raises(ValueError, match=r"unknown ByteLMConfig key 'width'.*; valid: .*d_model"):
         load_config(None, ["--model.width=3"])
-    with pytest.raises(ValueError, match=r"unknown preset 'huge'; presets: tiny-text, tiny-audio, tiny-pixels"):
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*; presets: .*tiny-audio, tiny-pixels, tiny-text"):
         load_config(None, [], "huge")
     with pytest.raises(ValueError, match="modality='video': must be one of"):
         load_config(None, ["--modality=video"])
@@ -86,10 +86,11 @@ def test_toml_then_overrides(tmp_path):
 
 def test_lr_schedule():
     cfg = load_config(None, ["--steps=100", "--warmup_steps=10", "--lr=1.0", "--min_lr_ratio=0.1"])
-    lrs = [lr_at(cfg, s) for s in range(100)]
+    kw = dict(lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+    lrs = [lr_at(s, **kw) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert lr_at(cfg, 100) == pytest.approx(0.1)
+    assert lr_at(100, **kw) == pytest.approx(0.1)
 
 
 def test_checkpoints_are_verified_and_fall_back(tmp_path):
@@ -145,9 +146,9 @@ def test_resume_after_sigkill_is_exact(tmp_path, text_dir):
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, text_dir, monkeypatch):
-    import rawseq.train.trainer as trainer
+    from rawseq.models import ByteLM, registry
 
-    class Poisoned(trainer.ByteLM):
+    class Poisoned(ByteLM):
         calls = 0
 
         def forward(self, *args, **kwargs):
@@ -158,7 +159,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, text_dir, monkeypatch)
                     return out._replace(loss=out.loss * float("nan"))
             return out
 
-    monkeypatch.setattr(trainer, "ByteLM", Poisoned)
+    monkeypatch.setattr(registry, "model_class", lambda config: Poisoned)
     with pytest.raises(NonFiniteLossError, match="stopping: 3 steps had a non-finite loss"):
         train(_cfg(tmp_path, text_dir, "--steps=20", "--max_nonfinite=2"))
     rows = [json.loads(ln) for ln in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]

@@ -73,20 +73,22 @@ def test_train_classifier_on_a_folder_learns_and_saves(tmp_path):
     summary = train_classifier({
         "data": str(tmp_path / "data"), "modality": "text", "out_dir": str(tmp_path / "run"), "epochs": 6,
         "batch_size": 8, "lr": 1e-2, "warmup_steps": 3, "test_fraction": 0.25, "eval_every": 6, "threads": 1,
-        "model": TINY,
-    }, log_fn=lambda r: None)
+        "model": TINY, "progress": False,
+    })
     assert summary["labels"] == ["high", "low"]
     assert summary["test_accuracy"] == 1.0
     assert sum(map(sum, summary["confusion_matrix"])) == summary["n_test"] == 6
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["test_accuracy"] == 1.0 and metrics["config"]["epochs"] == 6
-    model = Encoder.from_pretrained(tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_accuracy"] == 1.0 and results["steps"] == 6 * 3  # 18 training items, 8 per batch
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "finished" and run["config"]["epochs"] == 6
+    model = Encoder.from_pretrained(tmp_path / "run" / "model")
     files = [tmp_path / "data" / "low" / "0.txt", tmp_path / "data" / "high" / "0.txt"]
     assert model.classify(files) == ["low", "high"]
 
 
 def test_config_checks():
-    with pytest.raises(ValueError, match="valid keys"):
+    with pytest.raises(ValueError, match="'epoch' \\(did you mean 'epochs'\\?\\); valid: "):
         ClassifyConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="type"):
         ClassifyConfig.from_dict({"epochs": "3"})
@@ -106,8 +108,9 @@ def test_cli_trains_a_classifier(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
-    metrics = json.loads((out / "metrics.json").read_text())
-    matrix = metrics["confusion_matrix"]
-    assert len(matrix) == 10 and sum(map(sum, matrix)) == metrics["n_test"]
-    bad = subprocess.run([*cmd[:4], "--epochz=1"], capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "unknown key 'epochz'; valid keys: data" in bad.stderr
+    results = json.loads((out / "results.json").read_text())
+    matrix = results["confusion_matrix"]
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == results["n_test"]
+    assert (out / "model" / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+    bad = subprocess.run([*cmd[:5], "--epochz=1"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "unknown key 'epochz' (did you mean 'epochs'?)" in bad.stderr

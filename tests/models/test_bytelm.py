@@ -180,7 +180,7 @@ def test_load_errors_name_the_problem(tmp_path):
         ByteLM.from_pretrained(tmp_path)
     cfg["d_stat"] = 4
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="unknown ByteLMConfig keys \\['d_stat'\\]; valid keys: d_model"):
+    with pytest.raises(ValueError, match=r"unknown ByteLMConfig key 'd_stat' \(did you mean 'd_state'\?\); valid: d_model"):
         ByteLM.from_pretrained(tmp_path)
     del cfg["d_stat"]
     cfg["d_state"] = "8"
