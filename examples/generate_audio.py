@@ -3,8 +3,9 @@
     python examples/generate_audio.py                         # synthesises a folder of tones, chirps and notes
     python examples/generate_audio.py --data=my_wavs/ --seconds=4 --steps=2000
 
-Each sample is one mu-law byte (16 kHz by default); the model continues the opening of a few clips.
-Every other ``--key=value`` is a training setting (rawseq/train/config.py). Writes WAV files under --out.
+Each sample is one mu-law byte (16 kHz by default); the model continues the opening of a few clips, at the rate and
+in the codec its folder records. Every other ``--key=value`` is a training setting (``rawseq train --help``).
+Writes WAV files under --out.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from rawseq import ByteLM
-from rawseq.generation import generate
+from rawseq.generation import generate_audio
 from rawseq.modalities import audio
+from rawseq.models import from_pretrained
 from rawseq.train import load_config, train
 
 # Mamba-2 layers rather than the preset's Mamba-1: on CPU they train several times faster.
@@ -54,8 +53,8 @@ def main() -> None:
     parser.add_argument("--prompt_seconds", type=float, default=0.1, help="opening of a real clip to continue")
     parser.add_argument("--temperature", type=float, default=1.0)
     args, overrides = parser.parse_known_args()
-    out = Path(args.out)
-    data = Path(args.data) if args.data else out / "wavs"
+    out = Path(args.out).expanduser()
+    data = Path(args.data).expanduser() if args.data else out / "wavs"
     cfg = load_config(preset="tiny-audio", overrides=[*SETTINGS, f"--data={data}", f"--out_dir={out}", *overrides])
     if args.data is None:
         synthesise(data, args.clips, cfg.sample_rate)
@@ -66,20 +65,16 @@ def main() -> None:
     print(f"bits per sample: {summary['first_bpb']:.2f} at the first step, {summary['bpb']:.2f} at the last, "
           f"{summary['val_bpb']:.2f} on held-out clips")
 
-    model = ByteLM.from_pretrained(summary["model_dir"]).eval()
-    rate, codec = cfg.sample_rate, cfg.audio_codec
-    per_sample = audio.symbols_per_sample(codec)
+    model = from_pretrained(summary["model_dir"]).eval()
+    rate = model.config.sample_rate  # the folder records the rate and codec the model was trained on
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in audio.AUDIO_EXTENSIONS)
     files = files[:: max(1, len(files) // args.n)][: args.n]  # spread over the folder: tones, chirps and notes
     n_prompt = max(1, round(args.prompt_seconds * rate))
-    prompts = [audio.encode(audio.load(f, rate)[:, :n_prompt], codec).tolist() for f in files]
-    n_new = round(args.seconds * rate) * per_sample
-    print(f"generating {args.seconds:g} s after the first {n_prompt / rate:g} s of {len(prompts)} clips")
-    with tqdm(total=n_new, unit="symbol", disable=not cfg.progress) as bar:
-        outputs = generate(model, prompts, n_new, temperature=args.temperature, seed=cfg.seed,
-                           stream=lambda row, _: bar.update(row == 0))
-    for i, (f, prompt, new) in enumerate(zip(files, prompts, outputs)):
-        wave = audio.decode(torch.tensor(prompt + list(new), dtype=torch.uint8), codec)
+    print(f"generating {args.seconds:g} s after the first {n_prompt / rate:g} s of {len(files)} clips")
+    for i, f in enumerate(files):
+        prompt = audio.load(f, rate)[:, :n_prompt]  # (1, n_prompt) at the model's rate
+        (wave,) = generate_audio(model, seconds=args.seconds, prompt=prompt, temperature=args.temperature,
+                                 seed=cfg.seed + i, progress=cfg.progress)
         path = out / f"sample_{i}.wav"
         audio.save(path, wave, rate)
         print(f"wrote {path}: {wave.shape[-1] / rate:.2f} s continuing {f.name}")

@@ -9,32 +9,33 @@ Each document is a caption followed by what it describes, in one stream of symbo
     BOS TEXT "tone 440 Hz" END AUDIO <codec, channels, rate> <800 mu-law samples> END EOS
 
 Given ``BOS TEXT caption END``, the model picks the next segment's modality and writes its header itself; the output
-is unpacked back into .txt, .png and .wav files under --out. Every other ``--key=value`` is a training setting
-(rawseq/train/config.py).
+is unpacked back into .txt, .png and .wav files under --out. Training is ``rawseq.train.train`` on a corpus of
+these documents, drawing is ``rawseq.generation.generate`` restricted to the ids each step allows. Every other
+``--key=value`` is a training setting (``rawseq train --help``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from rawseq import ByteLM, ByteLMConfig
-from rawseq.generation import sample
-from rawseq.modalities import ByteCorpus, RandomWindows, SequentialWindows, audio, image, split
+from rawseq.generation import generate
+from rawseq.modalities import ByteCorpus, audio, image
 from rawseq.modalities import multimodal as mm
-from rawseq.train import evaluate, load_config
-from rawseq.train.trainer import lr_at
+from rawseq.modalities.symbols import N_SYMBOLS
+from rawseq.models import from_pretrained
+from rawseq.train import load_config, train
 
-SETTINGS = ["--steps=300", "--batch_size=8", "--seq_len=256", "--warmup_steps=20", "--model.d_model=64",
-            "--model.n_layers=3", "--model.headdim=32", "--model.d_state=16"]
+SETTINGS = ["--steps=300", "--batch_size=8", "--seq_len=256", "--warmup_steps=20", "--modality=multimodal",
+            "--model.d_model=64", "--model.n_layers=3", "--model.headdim=32", "--model.d_state=16"]
 RATE = 8000
 FREQUENCIES = (220, 330, 440, 550, 660, 880)
 PROMPTS = ("digit 0", "digit 3", "digit 7", "tone 330 Hz", "tone 660 Hz")
+BYTES = list(range(N_SYMBOLS))
 
 
 def documents(n_tones: int, seed: int = 0) -> list[list[mm.Segment]]:
@@ -53,64 +54,28 @@ def documents(n_tones: int, seed: int = 0) -> list[list[mm.Segment]]:
     return docs
 
 
-def train_model(cfg, corpus: ByteCorpus) -> ByteLM:
-    """The whole training loop: random windows of the packed documents, AdamW, the trainer's lr schedule."""
-    train_docs, val_docs = split(corpus, cfg.val_fraction, seed=cfg.seed)
-    windows = RandomWindows(train_docs, cfg.seq_len, seed=cfg.seed)
-    model = ByteLM(ByteLMConfig.from_dict({**cfg.model, "n_special": mm.NUM_SPECIAL}))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay)
-    torch.manual_seed(cfg.seed)
-    for step in range(cfg.steps):
-        rows = [windows[step * cfg.batch_size + i] for i in range(cfg.batch_size)]
-        batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}  # (batch, seq_len) each
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        loss = model(batch["input_ids"], batch["targets"], seq_idx=batch["seq_idx"]).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            print(f"step {step + 1}/{cfg.steps}: {loss.item() / math.log(2):.3f} bits per symbol")
-    val = evaluate(model, SequentialWindows(val_docs, cfg.seq_len), cfg, torch.device("cpu"), cfg.eval_batches)
-    print(f"held-out documents: {val:.3f} bits per symbol")
-    return model.eval()
+def continue_caption(model, caption: str, max_symbols: int, temperature: float, seed: int) -> list[int]:
+    """``BOS TEXT caption END`` and one more segment, drawn with :func:`rawseq.generation.generate`.
 
-
-@torch.no_grad()
-def continue_caption(model: ByteLM, caption: str, max_symbols: int, temperature: float, generator) -> list[int]:
-    """``BOS TEXT caption END`` and one more segment, sampled symbol by symbol.
-
-    The model chooses AUDIO or IMAGE, then writes the header, most likely symbol first (a header is format, not
-    content); an image ends when the header's height x width x channels pixels are written, audio when the model
-    writes END. ``max_symbols`` caps the payload.
+    The model chooses AUDIO or IMAGE (only those two ids allowed), then writes the header greedily (a header is
+    format, not content); an image ends when the header's height x width x channels pixels are written, audio when
+    the model writes END. ``max_symbols`` caps the payload.
     """
     ids = mm.pack([caption], eos=False).tolist()
-    logits, states = model.prefill(torch.tensor([ids]))
-
-    def emit(allowed: list[int], greedy: bool = False) -> int:
-        nonlocal logits
-        mask = torch.full_like(logits, float("-inf"))
-        mask[:, allowed] = 0.0
-        next_id = sample(logits + mask, temperature=0.0 if greedy else temperature, generator=generator)  # (1,)
-        logits = model.step(next_id, states)
-        ids.append(int(next_id))
-        return ids[-1]
-
-    byte_ids = list(range(256))
-    marker = emit([mm.AUDIO, mm.IMAGE])
-    header = [emit(byte_ids, greedy=True) for _ in range(mm.HEADER_LEN[marker])]
+    kw = {"temperature": temperature, "seed": seed, "return_ids": True}
+    ids += generate(model, ids, max_new_tokens=1, allowed_ids=[mm.AUDIO, mm.IMAGE], **kw)
+    marker = ids[-1]
+    ids += generate(model, ids, max_new_tokens=mm.HEADER_LEN[marker], allowed_ids=BYTES, do_sample=False,
+                    return_ids=True)
     if marker == mm.IMAGE:
+        header = ids[-mm.HEADER_LEN[marker]:]
         size = (header[0] * 256 + header[1]) * (header[2] * 256 + header[3]) * header[4]
-        for _ in range(min(size, max_symbols)):
-            emit(byte_ids)
+        ids += generate(model, ids, max_new_tokens=min(size, max_symbols), allowed_ids=BYTES, **kw)
         if size <= max_symbols:
             ids.append(mm.END)
-    else:
-        for _ in range(max_symbols):
-            if emit(byte_ids + [mm.END]) == mm.END:
-                break
+    else:  # END ends the row, and stays in it
+        ids += generate(model, ids, max_new_tokens=max_symbols, allowed_ids=[*BYTES, mm.END], eos_token_id=mm.END,
+                        **kw)
     return ids
 
 
@@ -139,17 +104,18 @@ def main() -> None:
     parser.add_argument("--max_symbols", type=int, default=2000, help="most symbols generated per prompt")
     parser.add_argument("--temperature", type=float, default=1.0)
     args, overrides = parser.parse_known_args()
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     cfg = load_config(preset="tiny-text", overrides=[*SETTINGS, f"--out_dir={out}", *overrides])
 
     corpus = ByteCorpus.from_documents(documents(args.tones, cfg.seed), out / "corpus", multimodal=True)
     print(f"{corpus.num_docs} documents, {corpus.num_symbols:,} symbols; training {cfg.steps} steps")
-    model = train_model(cfg, corpus)
-    model.save_pretrained(out / "model")
+    summary = train(cfg, corpus=corpus)  # the trainer's one loop, on documents made in memory
+    print(f"bits per symbol: {summary['first_bpb']:.2f} at the first step, {summary['bpb']:.2f} at the last, "
+          f"{summary['val_bpb']:.2f} on held-out documents; model in {summary['model_dir']}")
+    model = from_pretrained(summary["model_dir"]).eval()
 
-    generator = torch.Generator().manual_seed(cfg.seed)
     for k, caption in enumerate(args.prompt or PROMPTS):
-        ids = continue_caption(model, caption, args.max_symbols, args.temperature, generator)
+        ids = continue_caption(model, caption, args.max_symbols, args.temperature, cfg.seed + k)
         segments = mm.unpack(ids)  # a segment with a malformed header is skipped, with a warning
         paths = write_segments(segments, out / f"prompt_{k}")
         kinds = " + ".join(type(s).__name__.removesuffix("Segment").lower() for s in segments)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rawseq.modalities import audio, spoken_digits
 from rawseq.models import ByteLM, ByteLMConfig
-from rawseq.models.sashimi import SashimiLM, sashimi_config
+from rawseq.models.sashimi import SashimiConfig, SashimiLM
 from rawseq.train.classify import stratified_split
 
 
@@ -92,7 +92,7 @@ def main() -> None:
     test = [symbols[i] for i in test_idx][:: max(1, len(test_idx) // args.test_clips)][: args.test_clips]
 
     torch.manual_seed(args.seed)
-    sashimi = SashimiLM(sashimi_config(pools=[4, 4], width_expand=2, d_model=32, n_layers=1, ssm="mamba2",
+    sashimi = SashimiLM(SashimiConfig(pools=[4, 4], width_expand=2, d_model=32, n_layers=1, ssm="mamba2",
                                        headdim=16, d_state=16, chunk_size=128, n_special=0))
     torch.manual_seed(args.seed)
     flat = ByteLM(matched_flat(sashimi.num_parameters(), n_layers=4))

@@ -3,7 +3,7 @@
     python examples/train_byte_lm.py                              # the Python standard library's source
     python examples/train_byte_lm.py --data=notes/ --steps=1000 --model.d_model=128
 
-Every other ``--key=value`` is a training setting (rawseq/train/config.py; ``--model.key=value`` for the model).
+Every other ``--key=value`` is a training setting (``rawseq train --help``; ``--model.key=value`` for the model).
 Writes the model, metrics.jsonl and samples.txt under --out.
 """
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=200, help="bytes generated per prompt")
     parser.add_argument("--temperature", type=float, default=0.8)
     args, overrides = parser.parse_known_args()
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     cfg = load_config(preset="tiny-text", overrides=[*SETTINGS, f"--out_dir={out}", *overrides])
 
     print(f"training {cfg.steps} steps on {cfg.data or 'the Python standard library source'}")
@@ -38,7 +38,8 @@ def main() -> None:
 
     model = ByteLM.from_pretrained(summary["model_dir"]).eval()
     prompts = [p.encode() for p in PROMPTS]
-    outputs = generate(model, prompts, args.length, temperature=args.temperature, top_k=40, seed=cfg.seed)
+    outputs = generate(model, prompts, max_new_tokens=args.length, temperature=args.temperature, top_k=40,
+                       seed=cfg.seed)
     samples = [(p + o).decode("utf-8", errors="replace") for p, o in zip(prompts, outputs)]
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n")
     for sample in samples:

@@ -7,14 +7,15 @@ weights to (channels, width). The vocabulary is carried over as ``vocab_size``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from rawseq.models.bytelm import ByteLM, load_state_dict_strict
+from rawseq.config import read_json
+from rawseq.models.bytelm import ByteLM
 from rawseq.models.config import ByteLMConfig
+from rawseq.models.pretrained import load_state_dict_strict
 
 _SUPPORTED = ("mamba", "mamba2")
 
@@ -105,7 +106,7 @@ def _load_directory(path: Path):
     config_path = path / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found")
-    hf_config = json.loads(config_path.read_text())
+    hf_config = read_json(config_path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(
@@ -119,19 +120,27 @@ def _load_directory(path: Path):
     return hf_config, tensors
 
 
-def from_transformers(model, *, device=None, dtype: torch.dtype | None = None) -> ByteLM:
+def from_transformers(model, *, device=None, dtype: torch.dtype | None = None, revision: str | None = None,
+                      cache_dir: str | Path | None = None, local_files_only: bool = False,
+                      token: str | bool | None = None) -> ByteLM:
     """Build a ByteLM with the weights of a transformers Mamba or Mamba-2 causal LM.
 
     Args:
-        model: a ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` instance, or a local directory holding its
-            ``config.json`` and ``*.safetensors`` (as written by ``save_pretrained``).
+        model: a ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` instance, a local directory holding its
+            ``config.json`` and ``*.safetensors`` (as written by ``save_pretrained``), or a Hub repository id
+            (only those files are downloaded; ``revision``, ``cache_dir``, ``local_files_only`` and ``token`` as in
+            :func:`rawseq.hub.resolve`).
         device, dtype: where and in which dtype to build the ByteLM (defaults: the checkpoint's, float32 on CPU).
 
     Returns:
         a ByteLM in eval mode whose logits match the source model's.
     """
     if isinstance(model, (str, Path)):
-        hf_config, tensors = _load_directory(Path(model))
+        from rawseq.hub import snapshot
+
+        folder = snapshot(model, ["config.json", "*.safetensors"], revision=revision, cache_dir=cache_dir,
+                          local_files_only=local_files_only, token=token)
+        hf_config, tensors = _load_directory(folder)
     else:
         hf_config = model.config
         tensors = {k: v.detach() for k, v in model.state_dict().items()}

@@ -57,8 +57,11 @@ def test_generate_audio(tmp_path):
 def test_pixels(tmp_path):
     out = tmp_path / "pixels"
     _run("pixels.py", out, "--n=2")
-    # Tiles are 8x8 images enlarged to 32x32 with 2 pixels between them.
-    assert image.load(out / "samples.png", "RGB").shape == (3, 2 + 34, 2 + 2 * 34)
+    config = ByteLM.from_pretrained(out / "model").config  # the folder records the pixel layout
+    assert (config.modality, config.image_mode, config.image_size) == ("image", "L", [8, 8])
+    # Tiles are 8x8 images enlarged to 32x32 with 2 pixels between them, one symbol per (grey) pixel.
+    samples = image.load(out / "samples.png", "RGB")
+    assert samples.shape == (3, 2 + 34, 2 + 2 * 34) and torch.equal(samples[0], samples[2])
     grid = image.load(out / "completions.png", "RGB")
     assert grid.shape == (3, 2 + 2 * 34, 2 + 2 * 34)
     for j in range(2):  # originals on the first row, their completions below: the top halves agree
@@ -75,7 +78,8 @@ def test_multimodal(tmp_path):
         assert sf.info(str(path)).frames > 0
     for path in out.glob("prompt_*.png"):
         assert image.load(path, "L").numel() > 0
-    assert (out / "model" / "config.json").is_file()
+    assert ByteLM.from_pretrained(out / "model").config.modality == "multimodal"
+    assert (out / "metrics.jsonl").is_file()  # trained by the trainer's loop
 
 
 def test_multimodal_continuation_and_files(tmp_path):
@@ -83,7 +87,7 @@ def test_multimodal_continuation_and_files(tmp_path):
     model = ByteLM(ByteLMConfig(d_model=32, n_layers=1, headdim=16, d_state=8, n_special=mm.NUM_SPECIAL)).eval()
     prompt = mm.pack(["digit 4"], eos=False).tolist()
     for seed in range(4):
-        ids = example.continue_caption(model, "digit 4", 30, 1.0, torch.Generator().manual_seed(seed))
+        ids = example.continue_caption(model, "digit 4", 30, 1.0, seed)
         assert ids[: len(prompt)] == prompt and ids[len(prompt)] in (mm.AUDIO, mm.IMAGE)
         assert all(i < 256 for i in ids[len(prompt) + 1:-1])
         assert len(ids) <= len(prompt) + 1 + 5 + 30 + 1
@@ -97,3 +101,27 @@ def test_multimodal_continuation_and_files(tmp_path):
     assert sf.info(str(paths[1])).frames == 400
     assert torch.equal(image.load(paths[3], "L"), digit)
 
+
+
+def test_classify_digits(tmp_path):
+    out = tmp_path / "digits"
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "classify_digits.py"), "--epochs=1", f"--out={out}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_pixels_quality_scorer_tells_digits_from_noise():
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("pixels_quality", EXAMPLES.parent / "benchmarks/pixels_quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    clf, held_out = quality.classifier()
+    real = quality.scores(clf, held_out)
+    noise = quality.scores(clf, np.random.default_rng(0).integers(0, 256, (200, 8, 8)).astype(np.uint8))
+    one_digit = quality.scores(clf, np.repeat(held_out[:1], 50, axis=0))  # confident, but no variety
+    assert real[0] > 0.8 and real[1] > 5.5
+    assert noise[0] < 0.4 and noise[1] < 1.5
+    assert one_digit[0] > 0.8 and one_digit[1] < 1.01

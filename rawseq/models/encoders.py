@@ -13,89 +13,75 @@ pooled embedding. The audio front end is learned: each stage folds ``s`` consecu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from rawseq.config import ConfigError, option
 from rawseq.layers import RMSNorm
+from rawseq.modalities.symbols import N_SYMBOLS
 from rawseq.models.backbone import Backbone
-from rawseq.models.bytelm import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict
-from rawseq.models.config import ByteLMConfig, checked_dataclass
+from rawseq.models.config import SSM_KINDS, ByteLMConfig, ModelConfig, SignalSpec
+from rawseq.models.pretrained import PretrainedModel
+from rawseq.models.registry import register
 
 MODALITIES = ("audio", "image", "text")
-N_SYMBOLS = 256
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(SignalSpec, ModelConfig):
     """Architecture and input handling of an encoder; saved as ``config.json`` beside ``model.safetensors``.
 
-    ``modality`` picks how :meth:`Encoder.encode` turns inputs into symbols: audio waveforms through ``codec`` at
-    ``sample_rate``, images in ``image_mode`` (resized to ``image_size`` when set), text as its UTF-8 bytes.
-    ``frontend_strides`` folds that many positions per stage before the SSM layers (audio: ``[4, 4]`` reads 16
-    samples per position). ``n_classes > 0`` adds a classification head; ``labels`` names its classes.
+    ``modality`` (audio, image or text) picks how :meth:`Encoder.encode` turns inputs into symbols: audio waveforms
+    through ``codec`` at ``sample_rate``, images in ``image_mode`` (resized to ``image_size`` when set), text as
+    its UTF-8 bytes. ``frontend_strides`` folds that many positions per stage before the SSM layers (audio:
+    ``[4, 4]`` reads 16 samples per position). ``n_classes > 0`` adds a classification head; ``labels`` names its
+    classes.
     """
 
-    modality: str = "text"
-    d_model: int = 64
-    n_layers: int = 2
-    ssm: str = "mamba2"
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    headdim: int = 32
-    chunk_size: int = 64
-    d_mlp: int = 0
-    n_positions: int = 0  # > 0: learned position embeddings for fixed-size inputs (images); 0 = none
-    frontend_strides: list[int] = field(default_factory=list)
-    codec: str = "mulaw8"
-    sample_rate: int = 16000
-    image_mode: str = "L"
-    image_size: int | None = None
-    max_length: int | None = None  # inputs longer than this many symbols are cut (None = no limit)
-    n_classes: int = 0
-    labels: list[str] | None = None
-    dropout: float = 0.0
-    norm_eps: float = 1e-5
-    backend: str = "auto"
-    initializer_range: float = 0.02
+    model_type: ClassVar[str] = "encoder"
 
-    def __post_init__(self):
-        self.frontend_strides = [int(s) for s in self.frontend_strides]
-        if self.labels is not None:
-            self.labels = [str(s) for s in self.labels]
-        self.validate()
+    d_model: int = option(64, help="width of the residual stream", min=1, max=65536)
+    n_layers: int = option(2, help="bidirectional residual blocks", min=1, max=1024)
+    ssm: str = option("mamba2", help="SSM layer kind", choices=SSM_KINDS)
+    d_state: int = option(16, help="SSM state size", min=1, max=1024)
+    d_conv: int = option(4, help="causal convolution width", min=1, max=64)
+    expand: int = option(2, help="inner width = expand * d_model", min=1, max=16)
+    headdim: int = option(32, help="Mamba-2: channels per head", min=1, max=1024)
+    chunk_size: int = option(64, help="Mamba-2: SSD chunk length", min=1, max=4096)
+    d_mlp: int = option(0, help="hidden width of a gated MLP after each mixer (0: none)", min=0, max=1 << 18)
+    n_positions: int = option(0, help="> 0: learned position embeddings for fixed-size inputs (images)", min=0,
+                              max=1 << 24)
+    frontend_strides: list[int] = option(default_factory=list, help="fold this many positions per front-end stage",
+                                         min=1, max=4096)
+    max_length: int | None = option(None, help="inputs longer than this many symbols are cut", min=1)
+    n_classes: int = option(0, help="> 0: a classification head with this many classes", min=0, max=1 << 20)
+    labels: list[str] | None = option(None, help="class names, one per class")
+    dropout: float = option(0.0, help="dropout before the classification head", min=0.0, max=0.99)
+    norm_eps: float = option(1e-5, help="RMSNorm epsilon", min=1e-12, max=1.0)
+    backend: str = option("auto", help="kernels: auto, naive, torch or triton",
+                          choices=("auto", "naive", "torch", "triton"))
+    initializer_range: float = option(0.02, help="std of the embedding initialisation", min=0.0, max=10.0)
 
     @property
     def total_stride(self) -> int:
         return math.prod(self.frontend_strides)
 
     def validate(self) -> None:
-        def bad(name, why):
-            raise ValueError(f"EncoderConfig.{name}={getattr(self, name)!r}: {why}")
-
+        super().validate()
         if self.modality not in MODALITIES:
-            bad("modality", f"must be one of {MODALITIES}")
-        if any(s < 1 for s in self.frontend_strides):
-            bad("frontend_strides", "every stride must be >= 1")
-        if self.n_classes < 0:
-            bad("n_classes", "must be >= 0")
+            self.fail("modality", f"must be one of {MODALITIES}")
         if self.labels is not None and len(self.labels) != self.n_classes:
-            bad("labels", f"must name the {self.n_classes} classes")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must lie in [0, 1)")
-        if self.n_positions < 0:
-            bad("n_positions", "must be >= 0")
-        self.backbone_config()  # the SSM fields are checked by ByteLMConfig
+            self.fail("labels", f"must name the {self.n_classes} classes")
+        try:
+            self.backbone_config()
+        except ConfigError as exc:  # the SSM fields are checked by ByteLMConfig
+            raise ConfigError(str(exc).replace("ByteLMConfig.", "EncoderConfig.")) from None
 
     def backbone_config(self) -> ByteLMConfig:
         """The bidirectional ByteLM-style configuration of the SSM layers."""
@@ -105,24 +91,6 @@ class EncoderConfig:
             chunk_size=self.chunk_size, norm_eps=self.norm_eps, backend=self.backend, n_special=0,
         )
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EncoderConfig:
-        """Build a config, refusing unknown keys (with the list of valid ones) and values of the wrong type."""
-        return checked_dataclass(cls, data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> EncoderConfig:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
-
 
 class EncoderOutput(NamedTuple):
     features: torch.Tensor  # (b, l', d) per position; packed rows hold several items one after another
@@ -130,14 +98,45 @@ class EncoderOutput(NamedTuple):
     lengths: torch.Tensor  # (n,) positions of each item in ``features`` (after the front end)
     logits: torch.Tensor | None = None  # (n, n_classes)
     loss: torch.Tensor | None = None
+    padded: torch.Tensor | None = None  # (n, max l', d) each item's features, zeros after its length (padded=True)
+    mask: torch.Tensor | None = None  # (n, max l') bool, True at an item's own positions (padded=True)
 
 
 class Encoded(NamedTuple):
     """What :meth:`Encoder.encode` returns: per-item features and pooled embeddings (or logits with a head)."""
 
-    features: list[torch.Tensor] | torch.Tensor  # [(l_i', d)], or (l', d) for a single input
+    features: list[torch.Tensor] | torch.Tensor  # [(l_i', d)], (n, max l', d) with padded=True, (l', d) for one input
     pooled: torch.Tensor  # (n, d), or (d,) for a single input
     logits: torch.Tensor | None = None  # (n, n_classes), or (n_classes,)
+    mask: torch.Tensor | None = None  # (n, max l') bool with padded=True
+
+
+def collate_symbols(items: list[torch.Tensor], *, padded: bool = False,
+                    labels: list[int] | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Symbol sequences -> the keyword arguments of :meth:`Encoder.forward` for one batch.
+
+    Items of one length are stacked: ``input_ids`` (n, l). Items of different lengths are packed into one row,
+    ``input_ids`` (1, sum l) with ``lengths`` (n,) (each item its own document: no padding is computed on), or, with
+    ``padded=True``, right-padded as ``input_ids`` (n, max l) with ``attention_mask`` (n, max l) (True at real
+    symbols; the encoder packs them again inside). ``labels`` (n,) are added when given.
+    """
+    if not items:
+        raise ValueError("a batch needs at least one item")
+    lengths = [len(s) for s in items]
+    if min(lengths) < 1:
+        raise ValueError(f"item {lengths.index(min(lengths))} holds no symbols")
+    if len(set(lengths)) == 1:
+        batch = {"input_ids": torch.stack(list(items))}
+    elif padded:
+        ids = torch.zeros(len(items), max(lengths), dtype=items[0].dtype)
+        for i, s in enumerate(items):
+            ids[i, : len(s)] = s
+        batch = {"input_ids": ids, "attention_mask": torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]}
+    else:
+        batch = {"input_ids": torch.cat(list(items)).unsqueeze(0), "lengths": torch.tensor(lengths)}
+    if labels is not None:
+        batch["labels"] = torch.as_tensor(labels, dtype=torch.long)
+    return batch
 
 
 class ClassificationHead(nn.Module):
@@ -164,9 +163,14 @@ class _Fold(nn.Module):
         return F.gelu(self.proj(rearrange(hidden, "b (l s) d -> b l (s d)", s=self.stride)))
 
 
-class Encoder(nn.Module):
-    """A bidirectional SSM encoder; use :class:`AudioEncoder`, :class:`ImageEncoder` or :class:`TextEncoder`."""
+class Encoder(PretrainedModel):
+    """A bidirectional SSM encoder; use :class:`AudioEncoder`, :class:`ImageEncoder` or :class:`TextEncoder`.
 
+    ``Encoder.from_pretrained`` returns the class that matches the saved modality; a subclass refuses a folder of
+    another modality.
+    """
+
+    config_class = EncoderConfig
     modality: str | None = None
 
     def __init__(self, config: EncoderConfig | None = None, *, device=None, dtype=None, **overrides):
@@ -206,30 +210,37 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(
         self,
         input_ids: torch.Tensor,
         lengths: torch.Tensor | list[int] | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        padded: bool = False,
     ) -> EncoderOutput:
-        """Encode a batch of symbol sequences.
+        """Encode a batch of symbol sequences (with autograd: use it to train or fine-tune; see
+        :meth:`collate` to build the batch).
 
         Args:
             input_ids: (b, l) symbols in 0..255. Without ``lengths`` each row is one item; with ``lengths`` the
                 single row (b = 1) holds ``len(lengths)`` items back to back, which never see one another.
             lengths: (n,) symbols per packed item, summing to l.
             labels: (n,) class ids; with a head, the cross-entropy loss is returned.
+            attention_mask: (n, l) bool or 0/1, True at each row's real symbols, which must come first (right
+                padding, as transformers' tokenizers make it); instead of ``lengths``. The padding is never
+                computed on: the rows are packed inside.
+            padded: also return ``padded`` (n, max l', d) features and their ``mask`` (n, max l').
 
         Returns:
-            EncoderOutput(features (b, l', d), pooled (n, d), lengths (n,) in feature positions, logits, loss).
-            With a front end of total stride S, each item is zero-padded (after the embedding) to a multiple of S,
-            so l_i' = ceil(l_i / S).
+            EncoderOutput(features (b, l', d), pooled (n, d), lengths (n,) in feature positions, logits, loss,
+            padded, mask). With a front end of total stride S, each item is zero-padded (after the embedding) to a
+            multiple of S, so l_i' = ceil(l_i / S).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        if attention_mask is not None:
+            input_ids, lengths = _unpad(input_ids, attention_mask, lengths)
         stride = self.config.total_stride
         hidden = self.embed(input_ids.long())  # (b, l) -> (b, l, d)
         if lengths is None:
@@ -266,8 +277,16 @@ class Encoder(nn.Module):
         if self.head is not None:
             logits = self.head(pooled)
             if labels is not None:
-                loss = F.cross_entropy(logits.float(), labels.to(logits.device).long())
-        return EncoderOutput(features, pooled, frames, logits, loss)
+                loss = F.cross_entropy(logits.float(), torch.as_tensor(labels, device=logits.device).long())
+        out_padded = mask = None
+        if padded:
+            if seq_idx is None:
+                out_padded = features
+                mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+            else:
+                out_padded = nn.utils.rnn.pad_sequence(list(features[0].split(frames.tolist())), batch_first=True)
+                mask = torch.arange(out_padded.shape[1], device=features.device) < frames[:, None]
+        return EncoderOutput(features, pooled, frames, logits, loss, out_padded, mask)
 
     def _positions(self, length: int, frames: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
         if int(frames.max()) > self.config.n_positions:
@@ -278,151 +297,147 @@ class Encoder(nn.Module):
         starts = torch.cumsum(frames, 0) - frames
         return (torch.arange(length, device=frames.device) - starts[seq_idx[0].long()]).unsqueeze(0)
 
-    def to_symbols(self, item) -> torch.Tensor:
+    def to_symbols(self, item, **kwargs) -> torch.Tensor:
         """One input -> 1-D uint8 symbols; see the subclasses for what each modality accepts."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def encode(self, inputs, *, batch_size: int = 32) -> Encoded:
-        """Encode one input or a list of inputs of any lengths, in eval mode and without gradients.
+    def symbols(self, inputs, **kwargs) -> list[torch.Tensor]:
+        """Each input as 1-D uint8 symbols, cut to ``max_length``; errors name the input's index."""
+        out = []
+        for i, item in enumerate(inputs):
+            try:
+                s = self.to_symbols(item, **kwargs)
+            except (ValueError, TypeError) as exc:
+                if type(exc) not in (ValueError, TypeError):  # DecodeError names its source already
+                    raise
+                raise type(exc)(f"input {i}: {exc}") from None
+            if s.dim() != 1 or s.numel() == 0:
+                raise ValueError(f"input {i} gives {tuple(s.shape)} symbols; expected a non-empty 1-D sequence")
+            out.append(s[: self.config.max_length] if self.config.max_length is not None else s)
+        return out
+
+    def collate(self, inputs, *, labels=None, padded: bool = False, **kwargs) -> dict[str, torch.Tensor]:
+        """A training batch from inputs of any kind and length: ``encoder(**encoder.collate(inputs))``.
+
+        Args:
+            inputs: a list of inputs (see :meth:`to_symbols`).
+            labels: class ids, one per input, added as ``labels``.
+            padded: right-pad to ``input_ids`` (n, max l) with an ``attention_mask`` instead of packing into one row.
+            **kwargs: passed to :meth:`to_symbols` (``sampling_rate=`` for audio arrays).
+
+        Returns:
+            see :func:`collate_symbols`; the tensors are on the encoder's device.
+        """
+        batch = collate_symbols(self.symbols(list(inputs), **kwargs), padded=padded, labels=labels)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def encode(self, inputs, *, batch_size: int = 32, padded: bool = False, grad: bool = False, **kwargs) -> Encoded:
+        """Encode one input or a list of inputs of any lengths.
 
         Args:
             inputs: one input, or a list or tuple of them (a batch); what an input may be depends on the modality
                 (see :meth:`to_symbols`). Items of equal length share a batch; items of different lengths are
                 packed, each its own document, so results never depend on what else is in the batch.
             batch_size: items per forward pass.
+            padded: return a batch's features as one (n, max l', d) tensor, zero after each item's length, and its
+                ``mask`` (n, max l'), instead of a list.
+            grad: keep autograd and the module's train/eval mode (fine-tuning); by default the encoder runs in eval
+                mode without gradients.
+            **kwargs: passed to :meth:`to_symbols` (``sampling_rate=`` for audio arrays at another rate).
 
         Returns:
-            Encoded(features, pooled, logits): for a batch, a list of (l_i', d) tensors, (n, d) and (n, classes);
-            for a single input, (l', d), (d,) and (classes,).
+            Encoded(features, pooled, logits, mask): for a batch, a list of (l_i', d) tensors (or the padded tensor),
+            (n, d) and (n, classes); for a single input, (l', d), (d,) and (classes,).
         """
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         if not items:
             raise ValueError("encode needs at least one input")
-        symbols = [self._checked_symbols(x, i) for i, x in enumerate(items)]
+        symbols = self.symbols(items, **kwargs)
         was_training = self.training
-        self.eval()
+        if not grad:
+            self.eval()
         features, pooled, logits = [], [], []
         try:
-            for start in range(0, len(symbols), batch_size):
-                chunk = [s.to(self.device) for s in symbols[start : start + batch_size]]
-                if all(len(s) == len(chunk[0]) for s in chunk):
-                    out = self(torch.stack(chunk))
-                    features += list(out.features.unbind(0))
-                else:
-                    out = self(torch.cat(chunk).unsqueeze(0), lengths=[len(s) for s in chunk])
-                    features += list(out.features[0].split(out.lengths.tolist()))
-                pooled.append(out.pooled)
-                if out.logits is not None:
-                    logits.append(out.logits)
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                for start in range(0, len(symbols), batch_size):
+                    chunk = collate_symbols(symbols[start : start + batch_size])
+                    out = self(**{k: v.to(self.device) for k, v in chunk.items()})
+                    if "lengths" in chunk:
+                        features += list(out.features[0].split(out.lengths.tolist()))
+                    else:
+                        features += list(out.features.unbind(0))
+                    pooled.append(out.pooled)
+                    if out.logits is not None:
+                        logits.append(out.logits)
         finally:
             self.train(was_training)
         pooled = torch.cat(pooled)
         logits = torch.cat(logits) if logits else None
         if single:
             return Encoded(features[0], pooled[0], None if logits is None else logits[0])
-        return Encoded(features, pooled, logits)
-
-    def _checked_symbols(self, item, index: int) -> torch.Tensor:
-        s = self.to_symbols(item)
-        if s.dim() != 1 or s.numel() == 0:
-            raise ValueError(f"input {index} gives {tuple(s.shape)} symbols; expected a non-empty 1-D sequence")
-        if self.config.max_length is not None:
-            s = s[: self.config.max_length]
-        return s
+        mask = None
+        if padded:
+            lengths = torch.tensor([len(f) for f in features], device=pooled.device)
+            features = nn.utils.rnn.pad_sequence(features, batch_first=True)
+            mask = torch.arange(features.shape[1], device=pooled.device) < lengths[:, None]
+        return Encoded(features, pooled, logits, mask)
 
     @torch.no_grad()
-    def classify(self, inputs, *, batch_size: int = 32) -> list[str] | list[int]:
-        """Predicted class of each input: its label name when the config has ``labels``, else its index."""
+    def classify(self, inputs, *, batch_size: int = 32, **kwargs) -> list[str] | list[int]:
+        """Predicted class of each input: its label name when the config has ``labels``, else its index
+        (``kwargs`` as in :meth:`encode`)."""
         if self.head is None:
             raise ValueError("this encoder has no classification head (n_classes=0)")
         single = not isinstance(inputs, (list, tuple))
-        logits = self.encode([inputs] if single else inputs, batch_size=batch_size).logits
+        logits = self.encode([inputs] if single else inputs, batch_size=batch_size, **kwargs).logits
         pred = logits.argmax(-1).tolist()
         if self.config.labels is not None:
             pred = [self.config.labels[p] for p in pred]
         return pred[0] if single else pred
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if missing)."""
-        from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.save(directory / CONFIG_NAME)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "rawseq": type(self).__name__})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *, device=None, dtype=None) -> Encoder:
-        """Load an encoder written by :meth:`save_pretrained` (JSON and safetensors only, nothing unpickled).
-
-        ``Encoder.from_pretrained`` returns the class that matches the saved modality; a subclass refuses a
-        directory of another modality.
-
-        Raises:
-            FileNotFoundError: a file is missing. ValueError: invalid config, wrong modality, or a missing,
-            unexpected or misshapen tensor.
-        """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        try:
-            config = EncoderConfig.load(directory / CONFIG_NAME)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON: {e}") from e
-        klass = _BY_MODALITY[config.modality] if cls is Encoder else cls
-        model = klass(config, device=device, dtype=dtype)
-        tensors = load_file(str(directory / WEIGHTS_NAME), device=str(device) if device is not None else "cpu")
-        load_state_dict_strict(model, tensors, source=str(directory / WEIGHTS_NAME))
-        return model
-
-
-def _symbols_tensor(item) -> torch.Tensor | None:
-    """Integer tensors and arrays that already hold symbols (uint8, or int values in 0..255), else None."""
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
-        return torch.from_numpy(item.copy())
-    if isinstance(item, torch.Tensor) and item.dtype == torch.uint8:
-        return item.detach().cpu()
-    return None
+def _unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows (n, l) and their mask -> one packed row (1, sum l_i) and the lengths (n,)."""
+    if lengths is not None:
+        raise ValueError("give lengths (a packed row) or attention_mask (padded rows), not both")
+    mask = torch.as_tensor(attention_mask, device=input_ids.device).bool()
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids have {tuple(input_ids.shape)}")
+    lengths = mask.sum(1)
+    if bool((lengths < 1).any()) or not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)
+                                                    < lengths[:, None]):
+        raise ValueError("attention_mask must mark a non-empty prefix of every row (right padding)")
+    return input_ids[mask].unsqueeze(0), lengths.cpu()
 
 
 class AudioEncoder(Encoder):
     """Encoder over raw audio samples (quantised by ``config.codec``, default 8-bit mu-law, at ``sample_rate``).
 
     ``encode`` accepts: a file path or an encoded file's bytes (any format libsndfile reads; mixed to mono and
-    resampled to ``config.sample_rate``); a float waveform (numpy or tensor, ``(time,)`` or ``(channels, time)`` in
-    [-1, 1] at ``config.sample_rate``; channels are averaged); an int16 waveform; or uint8 symbols already quantised.
+    resampled to ``config.sample_rate``); a float waveform in [-1, 1] or an int16 one (numpy or tensor, ``(time,)``,
+    ``(channels, time)`` or soundfile's ``(frames, channels)``; channels are averaged) at ``config.sample_rate``, or
+    at another rate given as ``sampling_rate=`` (resampled); a ``datasets`` audio dict; or uint8 symbols already
+    quantised.
     """
 
     modality = "audio"
 
-    def to_symbols(self, item) -> torch.Tensor:
+    def to_symbols(self, item, *, sampling_rate: int | None = None) -> torch.Tensor:
         from rawseq.modalities import audio
 
-        symbols = _symbols_tensor(item)
-        if symbols is not None:
-            return symbols.reshape(-1)
-        if isinstance(item, (str, os.PathLike, bytes)):
-            wave = audio.load(item, sample_rate=self.config.sample_rate, mono=True)
-        else:
-            wave = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).detach().cpu()
-            if wave.dtype == torch.int16:
-                wave = wave.float() / 32768.0  # exact, as in modalities.audio
-            if wave.dim() == 2:
-                wave = wave.float().mean(0, keepdim=True)
-        return audio.encode(wave, self.config.codec)
+        cfg = self.config
+        return audio.to_symbols(item, codec=cfg.codec, sample_rate=cfg.sample_rate, sampling_rate=sampling_rate,
+                                mono=cfg.channels == 1)
 
 
 class ImageEncoder(Encoder):
     """Encoder over pixels in raster order (``config.image_mode``, resized to ``config.image_size`` when set).
 
-    ``encode`` accepts: a file path (PNG, JPEG, GIF, WebP); a PIL image; a uint8 numpy array ``(h, w)`` or
-    ``(h, w, c)`` (PIL's layout); a uint8 tensor ``(h, w)`` or ``(c, h, w)`` (torchvision's layout).
+    ``encode`` accepts one image per input: a file path or an encoded file's bytes (PNG, JPEG, GIF, WebP); a PIL
+    image; a numpy array ``(h, w)`` or ``(h, w, c)`` (PIL's layout); a tensor ``(h, w)`` or ``(c, h, w)``
+    (torchvision's layout); arrays hold uint8 pixels or floats in [0, 1] (torchvision's ``ToTensor``). A batch is a
+    list of images.
     """
 
     modality = "image"
@@ -430,43 +445,7 @@ class ImageEncoder(Encoder):
     def to_symbols(self, item) -> torch.Tensor:
         from rawseq.modalities import image
 
-        mode, size = self.config.image_mode, self.config.image_size
-        if isinstance(item, (str, os.PathLike)):
-            return image.to_bytes(image.load(item, mode=mode, size=size))
-        if type(item).__module__.startswith("PIL."):
-            item = np.asarray(item.convert(mode))
-        if isinstance(item, np.ndarray):
-            t = torch.from_numpy(np.array(item, copy=True))
-            t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)  # (h, w, c) -> (c, h, w)
-        elif isinstance(item, torch.Tensor):
-            t = item.detach().cpu()
-            t = t.unsqueeze(0) if t.dim() == 2 else t
-        else:
-            raise TypeError(f"ImageEncoder cannot read {type(item).__name__}")
-        if t.dtype != torch.uint8:
-            raise ValueError(f"image arrays must be uint8 pixels, got {t.dtype}")
-        t = _convert_mode(t, mode)
-        if size is not None:
-            from rawseq.modalities.image import _resize
-
-            t = _resize(t, size)
-        return image.to_bytes(t.contiguous())
-
-
-def _convert_mode(t: torch.Tensor, mode: str) -> torch.Tensor:
-    """Channels of a uint8 (c, h, w) image to ``mode`` (L, LA, RGB, RGBA), as PIL does for the common cases."""
-    from rawseq.modalities.image import MODES
-
-    want, have = MODES[mode], t.shape[0]
-    if have == want:
-        return t
-    color = t[:3] if have >= 3 else t[:1].expand(3, -1, -1)
-    alpha = t[-1:] if have in (2, 4) else torch.full_like(t[:1], 255)
-    if want in (1, 2):
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-        gray = (color.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-        return gray if want == 1 else torch.cat([gray, alpha])
-    return color.contiguous() if want == 3 else torch.cat([color, alpha])
+        return image.to_symbols(item, mode=self.config.image_mode, size=self.config.image_size)
 
 
 class TextEncoder(Encoder):
@@ -478,12 +457,8 @@ class TextEncoder(Encoder):
     def to_symbols(self, item) -> torch.Tensor:
         from rawseq.modalities import text
 
-        symbols = _symbols_tensor(item)
-        if symbols is not None:
-            return symbols.reshape(-1)
-        if isinstance(item, os.PathLike):
-            return text.load(item)
-        return text.encode(item)
+        return text.to_symbols(item)
 
 
 _BY_MODALITY = {"audio": AudioEncoder, "image": ImageEncoder, "text": TextEncoder}
+register(EncoderConfig, lambda config: _BY_MODALITY[config.modality], causal=False)

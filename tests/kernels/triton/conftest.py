@@ -21,10 +21,6 @@ patch_interpreter()
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device; runs the compiled Triton kernels at realistic shapes")
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if os.path.abspath(str(item.fspath)).startswith(_HERE + os.sep):

@@ -150,7 +150,7 @@ def test_save_and_load_round_trip(tmp_path, cls, kw):
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="valid keys"):
+    with pytest.raises(ValueError, match="'d_modle' \\(did you mean 'd_model'\\?\\); valid: d_model"):
         EncoderConfig.from_dict({"d_modle": 8})
     with pytest.raises(ValueError, match="type"):
         EncoderConfig.from_dict({"d_model": "8"})
@@ -179,3 +179,65 @@ def test_encoders_are_reexported_from_modalities_without_upward_imports():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.startswith(("rawseq.models", "rawseq.train")) for n in names), (path, names)
+
+
+def test_soundfile_layout_and_sampling_rate(tmp_path):
+    enc = AudioEncoder(**TINY, sample_rate=8000)
+    rng = np.random.default_rng(4)
+    stereo = rng.uniform(-0.5, 0.5, (1600, 2)).astype(np.float32)  # soundfile.read's (frames, channels)
+    out = enc.encode(stereo, sampling_rate=8000)
+    assert out.features.shape[0] == 1600  # frames, not channels
+    _close(out.pooled, enc.encode(stereo.mean(1), sampling_rate=8000).pooled)
+    audio.save(tmp_path / "s.wav", stereo.T, 16000)
+    import soundfile
+
+    data, rate = soundfile.read(tmp_path / "s.wav", dtype="float32")
+    from_array = enc.encode(data, sampling_rate=rate)
+    assert from_array.features.shape[0] == 800  # 16 kHz resampled to the encoder's 8 kHz
+    _close(from_array.pooled, enc.encode(tmp_path / "s.wav").pooled)
+
+
+def test_image_batches_and_float_images():
+    enc = ImageEncoder(**TINY, image_mode="RGB", n_positions=192)
+    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"\(4, 3, 8, 8\) is a batch; pass a list"):
+        enc.encode(batch)
+    floats = batch.float() / 255  # torchvision's ToTensor
+    _close(enc.encode(list(floats)).pooled, enc.encode(list(batch)).pooled, atol=0)
+
+
+def test_padded_output_and_attention_mask_match_packing():
+    enc = TextEncoder(**TINY).eval()
+    texts = ["a longer piece of text", "short", "medium text"]
+    packed = enc(**enc.collate(texts), padded=True)
+    padded_batch = enc.collate(texts, padded=True)
+    assert padded_batch["input_ids"].shape == (3, 22) and padded_batch["attention_mask"].sum(1).tolist() == [22, 5, 11]
+    from_padding = enc(**padded_batch, padded=True)
+    _close(from_padding.pooled, packed.pooled)
+    _close(from_padding.padded, packed.padded)
+    assert torch.equal(packed.mask, padded_batch["attention_mask"])
+    for i, t in enumerate(texts):
+        n = len(t)
+        _close(packed.padded[i, :n], enc.encode(t).features)
+        assert bool((packed.padded[i, n:] == 0).all())
+    out = enc.encode(texts, padded=True)
+    assert out.features.shape == (3, 22, 16) and torch.equal(out.mask, packed.mask)
+    with pytest.raises(ValueError, match="prefix"):
+        enc(padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"].flip(1))
+
+
+def test_fine_tuning_through_a_padded_batch_gets_gradients():
+    enc = AudioEncoder(**TINY, frontend_strides=[2], n_classes=2)
+    rng = np.random.default_rng(5)
+    waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (300, 120, 77)]
+    batch = enc.collate(waves, labels=[0, 1, 1], padded=True)
+    out = enc(**batch, padded=True)
+    pooled = (out.padded * out.mask[..., None]).sum(1) / out.mask.sum(1, keepdim=True)
+    _close(pooled, out.pooled)
+    (out.loss + pooled.square().mean()).backward()
+    for name, p in enc.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and bool(p.grad.abs().sum() > 0), name
+    enc.zero_grad()
+    kept = enc.encode(waves, grad=True)
+    kept.pooled.sum().backward()
+    assert enc.embed.weight.grad is not None and not enc.encode(waves).pooled.requires_grad
