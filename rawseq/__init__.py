@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from rawseq.models import ByteLM, ByteLMConfig  # noqa: E402
+from rawseq.models import ByteLM, ByteLMConfig, HNet, HNetConfig  # noqa: E402
 
-__all__ = ["ByteLM", "ByteLMConfig", "__version__"]
+__all__ = ["ByteLM", "ByteLMConfig", "HNet", "HNetConfig", "__version__"]

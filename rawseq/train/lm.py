@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from rawseq.config import ConfigError
+from rawseq.layers.state import map_states
 from rawseq.modalities.symbols import IGNORE_INDEX, N_SYMBOLS
 from rawseq.models.config import ModelConfig
 from rawseq.train import parallel
@@ -24,19 +25,17 @@ LN2 = math.log(2.0)
 
 
 def carry_states(states, continues: torch.Tensor | None):
-    """Detach carried states (truncated BPTT) and zero the rows whose next window starts a new document."""
-    out = []
-    for layer in states:
-        kept = {}
-        for key, value in layer.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach()
-                if continues is not None and value.dim() > 0 and value.shape[0] == continues.shape[0]:
-                    keep = continues.view(-1, *([1] * (value.dim() - 1)))
-                    value = torch.where(keep, value, torch.zeros((), dtype=value.dtype, device=value.device))
-            kept[key] = value
-        out.append(kept)
-    return out
+    """Detach carried states (truncated BPTT) and zero the rows whose next window starts a new document; states
+    may be nested (lists and dicts of tensors whose first axis is the batch)."""
+
+    def carry(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if continues is not None and t.dim() > 0 and t.shape[0] == continues.shape[0]:
+            keep = continues.view(-1, *([1] * (t.dim() - 1)))
+            t = torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        return t
+
+    return map_states(carry, states)
 
 
 @torch.no_grad()
@@ -116,17 +115,11 @@ class LMTask:
         return {"val_bpb": evaluate_bpb(model, self.val, self.cfg.batch_size, device, self.cfg.eval_batches)}
 
     def state_dict(self) -> dict:
-        if self.carried is None:
-            return {}
-        return {"carried": [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in layer.items()}
-                            for layer in self.carried]}
+        return {} if self.carried is None else {"carried": map_states(torch.Tensor.cpu, self.carried)}
 
     def load_state_dict(self, state: dict) -> None:
-        carried = state.get("carried")
-        if carried is not None:
-            device = self.place.device
-            self.carried = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in layer.items()}
-                            for layer in carried]
+        if state.get("carried") is not None:
+            self.carried = map_states(lambda t: t.to(self.place.device), state["carried"])
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, corpus=None) -> dict:
