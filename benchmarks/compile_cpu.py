@@ -11,7 +11,6 @@ an attention step reads its cache length.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 from rawseq import ByteLM, ByteLMConfig
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, table  # noqa: E402
+from _common import machine, options, table  # noqa: E402
 
 KINDS = {"Mamba": {"ssm": "mamba"}, "Mamba-2": {"ssm": "mamba2"},
          "Mamba-2 + attention": {"layers": ["mamba2", "attention"]}}
@@ -56,14 +55,9 @@ def _time(fn, rounds: int, inner: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--length", type=int, default=256, help="training sequence length")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (the table gives their median)")
-    parser.add_argument("--steps", type=int, default=50, help="decoding steps per round")
-    parser.add_argument("--backend", default="inductor", help="torch.compile backend")
+    parser = options(__doc__, width=128, layers=2, batch=2, length=(256, "training sequence length"),
+                     rounds=(5, "timed rounds (the table gives their median)"), steps=(50, "decoding steps per round"),
+                     backend=("inductor", "torch.compile backend"))
     args = parser.parse_args()
     if min(args.width, args.layers, args.batch, args.length, args.rounds, args.steps) < 1:
         parser.error("sizes, --rounds and --steps must be positive")

@@ -11,7 +11,6 @@ instead of a speed. A plain file copy of the same bytes runs alongside as the ce
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -27,6 +26,9 @@ import soundfile as sf
 import torch
 
 from rawseq.modalities import ByteCorpus, audio
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _common import options  # noqa: E402
 
 
 def _stdlib_text(total: int) -> bytes:
@@ -208,14 +210,9 @@ def bench_long_audio(work: Path, minutes: float, rate: int = 44100) -> list[tupl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text-mb", type=int, default=256)
-    parser.add_argument("--text-files", type=int, default=64)
-    parser.add_argument("--audio-files", type=int, default=200)
-    parser.add_argument("--audio-seconds", type=float, default=2.0)
-    parser.add_argument("--audio-rate", type=int, default=44100)
-    parser.add_argument("--audio-workers", type=int, default=0, help="num_workers for the audio builds")
-    parser.add_argument("--long-minutes", type=float, default=30.0, help="length of the streamed recording (0: skip)")
+    parser = options(__doc__.splitlines()[0], text_mb=256, text_files=64, audio_files=200, audio_seconds=2.0,
+                     audio_rate=44100, audio_workers=(0, "num_workers for the audio builds"),
+                     long_minutes=(30.0, "length of the streamed recording (0: skip)"))
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rawseq-bench-", dir=args.workdir))

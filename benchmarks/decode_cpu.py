@@ -11,7 +11,6 @@ checked against its parallel forward.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ from rawseq import ByteLM, ByteLMConfig
 from rawseq.layers import Attention
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, table  # noqa: E402
+from _common import machine, options, table  # noqa: E402
 
 WIDTH, LAYERS = 256, 4
 CONFIGS = {
@@ -63,10 +62,8 @@ def step_time(model: ByteLM, prompt: torch.Tensor, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", type=int, default=300, help="prompt bytes prefilled before stepping")
-    parser.add_argument("--steps", type=int, default=30, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (the table gives their median)")
+    parser = options(__doc__, prompt=(300, "prompt bytes prefilled before stepping"),
+                     steps=(30, "steps per timed round"), rounds=(10, "timed rounds (the table gives their median)"))
     args = parser.parse_args()
     if min(args.prompt, args.steps, args.rounds) < 1:
         parser.error("--prompt, --steps and --rounds must be positive")

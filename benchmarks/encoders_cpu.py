@@ -9,7 +9,6 @@ seq_idx); a row whose check fails is reported as FAILED instead of a speed.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 
@@ -19,7 +18,7 @@ import torch
 from rawseq.models.encoders import AudioEncoder, ImageEncoder, TextEncoder
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, median_time, table  # noqa: E402
+from _common import machine, median_time, options, table  # noqa: E402
 
 AUDIO = {"d_model": 64, "n_layers": 2, "ssm": "mamba2", "headdim": 32, "d_state": 16, "chunk_size": 64,
          "frontend_strides": [4, 4, 4]}
@@ -35,10 +34,7 @@ def packing_ok(enc, items) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = options(__doc__.splitlines()[0], threads=1, repeats=3).parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -10,7 +10,6 @@ against the float64 naive loop; a failed check is reported instead of the timing
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from rawseq.layers import Mamba2
 from rawseq.layers.mamba3 import Mamba3
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, table  # noqa: E402
+from _common import machine, options, table  # noqa: E402
 
 
 def check(layer: Mamba3) -> float:
@@ -78,15 +77,9 @@ def interleaved(fn2, fn3, rounds: int) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--d-state", type=int, default=64)
-    parser.add_argument("--headdim", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=7, help="forward+backward rounds")
-    parser.add_argument("--steps", type=int, default=200, help="decoding steps per round")
-    parser.add_argument("--rounds", type=int, default=15, help="decoding rounds")
+    parser = options(__doc__.split("\n\n")[0], d_model=256, d_state=64, headdim=64, batch=2, length=1024,
+                     repeats=(7, "forward+backward rounds"), steps=(200, "decoding steps per round"),
+                     rounds=(15, "decoding rounds"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     shape = dict(d_state=args.d_state, headdim=args.headdim)

@@ -136,9 +136,9 @@ def from_transformers(model, *, device=None, dtype: torch.dtype | None = None, r
         a ByteLM in eval mode whose logits match the source model's.
     """
     if isinstance(model, (str, Path)):
-        from rawseq.hub import snapshot
+        from rawseq.hub import resolve
 
-        folder = snapshot(model, ["config.json", "*.safetensors"], revision=revision, cache_dir=cache_dir,
+        folder = resolve(model, ["config.json", "*.safetensors"], revision=revision, cache_dir=cache_dir,
                           local_files_only=local_files_only, token=token)
         hf_config, tensors = _load_directory(folder)
     else:

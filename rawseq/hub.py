@@ -10,6 +10,7 @@ it builds anything.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["is_repo_id", "model_card", "push_to_hub", "resolve", "snapshot"]
+__all__ = ["is_repo_id", "model_card", "push_to_hub", "resolve"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -81,7 +82,8 @@ def resolve(
 
     Args:
         name: a folder, or a Hub repository id.
-        files: the files the folder must hold (``config.json``, ``model.safetensors``).
+        files: what the folder must hold: file names (``config.json``, ``model.safetensors``), each downloaded,
+            or glob patterns (``*.safetensors``), which download a snapshot of the matching files.
         revision: a branch, tag or commit of the repository (default: its main branch).
         cache_dir: the Hub cache (default: ``HF_HUB_CACHE``, ``~/.cache/huggingface/hub``).
         local_files_only: read only the cache, never the network (also when ``HF_HUB_OFFLINE=1``).
@@ -92,43 +94,24 @@ def resolve(
             lacks a file: the message names what is missing.
         OSError: the Hub refused the request.
     """
-    local = _local(name, " and ".join(files))
+    what = " and ".join(files)
+    local = _local(name, what)
     if local is not None:
         return local
-    from huggingface_hub import hf_hub_download
+    import huggingface_hub
 
-    repo, folders = os.fspath(name), set()
+    repo, hub = os.fspath(name), {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only,
+                                  "token": token, "library_name": "rawseq"}
+    if any(glob.has_magic(f) for f in files):
+        with _hub_errors(repo, revision, cache_dir, what):
+            return Path(huggingface_hub.snapshot_download(repo, allow_patterns=list(files), **hub))
+    folders = set()
     for filename in files:
         with _hub_errors(repo, revision, cache_dir, filename):
-            got = hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
-                                  local_files_only=local_files_only, token=token, library_name="rawseq")
-        folders.add(Path(got).parent)
+            folders.add(Path(huggingface_hub.hf_hub_download(repo, filename, **hub)).parent)
     if len(folders) != 1:
         raise FileNotFoundError(f"{repo}: the cached files come from different revisions ({sorted(folders)})")
     return folders.pop()
-
-
-def snapshot(
-    name: str | os.PathLike,
-    patterns: Sequence[str],
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-) -> Path:
-    """A local folder with the files of ``name`` that match ``patterns`` (``config.json``, ``*.safetensors``):
-    ``name`` itself when it is a folder here, else a snapshot of that Hub repository (arguments as in
-    :func:`resolve`)."""
-    local = _local(name, " and ".join(patterns))
-    if local is not None:
-        return local
-    from huggingface_hub import snapshot_download
-
-    repo = os.fspath(name)
-    with _hub_errors(repo, revision, cache_dir, " and ".join(patterns)):
-        return Path(snapshot_download(repo, allow_patterns=list(patterns), revision=revision, cache_dir=cache_dir,
-                                      local_files_only=local_files_only, token=token, library_name="rawseq"))
 
 
 def model_card(model, repo_id: str | None = None) -> str:

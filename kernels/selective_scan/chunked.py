@@ -6,9 +6,8 @@ hand-written backward (registered with the forward in ``rawseq.kernels.library``
 ``addcmul_`` over one time step's (batch, channels, nstate) slab. The forward keeps only the state at each chunk
 boundary (and the output before gating); the backward recomputes a chunk's decays and states from its boundary state
 and runs the adjoint recurrence in reverse. The expanded (length, channels, nstate) tensors only ever exist for one
-chunk at a time, so memory stays bounded at any length. Keeping every decay and state instead (134 MB per call at
-batch 2 x 1024 x 512 x 16) was measured slower than recomputing them: a chunk's tensors stay in cache, the full ones
-do not.
+chunk at a time, so memory stays bounded at any length. Keeping every decay and state instead is slower than
+recomputing them: a chunk's tensors stay in cache, the full ones do not.
 
 Tensors are laid out time-major, ``(length, batch, groups, channels_per_group[, nstate])``, made contiguous once per
 call, so that every chunk is a contiguous slice and each step of the loop touches one contiguous slab. Document
@@ -149,7 +148,7 @@ def selective_scan_backward(gout, gstate, x, dt, A, B, C, D, z, dt_bias, initial
             q.masked_fill_(inp.resets[s:e, :, None, None, None], 0.0)
         Bc, dc, xc = inp.B[s:e], inp.delta[s:e], inp.x[s:e]
         adjB = torch.matmul(adj, Bc.unsqueeze(-1)).squeeze(-1)  # sum_n adj * B, (T, b, g, p)
-        # Reductions as 2-D sums and a matrix-vector product: 3-5x faster than sum((0, 1)) and sum(-1) on the
+        # Reductions as 2-D sums and a matrix-vector product, which are faster than sum((0, 1)) and sum(-1) on the
         # 5-D tensors.
         dA += (q * dc.unsqueeze(-1)).view(-1, dA.numel()).sum(0).view_as(dA)
         qA = torch.mv(q.mul_(inp.A).view(-1, n), ones).view_as(dc)  # sum_n q * A

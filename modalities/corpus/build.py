@@ -25,7 +25,7 @@ import torch
 
 from .. import audio as _audio
 from .. import image as _image
-from .._io import fsync_path, fsync_file
+from .._io import fsync_file, fsync_path
 from ..errors import DecodeError
 from .decode import Batch, Blocks, CopyFile, Item, convert, document_batches
 from .hf_datasets import dataset_fingerprint, dataset_items, dataset_rows, is_dataset

@@ -100,8 +100,7 @@ class Attention(Mixer):
 
         The new key and value are written into their slots first, then the query attends over the cache with a
         (b, cap) validity mask: no concatenation of the cache and no (query x key) position arithmetic, which
-        :meth:`forward` needs for chunks and packed documents (measured: a 256-wide layer's batch-1 step on CPU took
-        ~1.1 ms through that path at a 300-position cache).
+        :meth:`forward` needs for chunks and packed documents, and which dominates the cost of a batch-1 step on CPU.
         """
         if not self.causal:
             self._no_decoding()

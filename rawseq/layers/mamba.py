@@ -35,25 +35,14 @@ class Mamba(SSMMixer):
         self,
         d_model: int,
         *,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | None = None,
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        dt_init_floor: float = 1e-4,
-        dt_scale: float = 1.0,
-        conv_bias: bool = True,
-        bias: bool = False,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
+        d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
+        dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
+        conv_bias: bool = True, bias: bool = False,
+        backend: str = "auto", device=None, dtype=None,
     ):
         super().__init__()
-        self.d_model = d_model
-        self.d_state = d_state
+        self._set_sizes(d_model, d_state, expand)
         self.d_conv = d_conv
-        self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         self.backend = backend
         kw = {"device": device, "dtype": dtype}

@@ -32,36 +32,16 @@ class Mamba2(SSMMixer):
         self,
         d_model: int,
         *,
-        d_state: int = 64,
-        d_conv: int = 4,
-        expand: int = 2,
-        headdim: int = 64,
-        n_groups: int = 1,
+        d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, n_groups: int = 1,
         A_init_range: tuple[float, float] = (1.0, 16.0),
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        dt_init_floor: float = 1e-4,
+        dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
         dt_limit: tuple[float, float] | None = None,
-        chunk_size: int | None = None,
-        conv_bias: bool = True,
-        bias: bool = False,
-        norm_eps: float = 1e-5,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
+        chunk_size: int | None = None, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-5,
+        backend: str = "auto", device=None, dtype=None,
     ):
         super().__init__()
-        self.d_model = d_model
-        self.d_state = d_state
+        self._set_sizes(d_model, d_state, expand, headdim, n_groups)
         self.d_conv = d_conv
-        self.d_inner = int(expand * d_model)
-        if self.d_inner % headdim:
-            raise ValueError(f"d_inner = expand * d_model = {self.d_inner} must be divisible by headdim={headdim}")
-        self.headdim = headdim
-        self.nheads = self.d_inner // headdim
-        if self.nheads % n_groups:
-            raise ValueError(f"heads={self.nheads} must be divisible by n_groups={n_groups}")
-        self.n_groups = n_groups
         self.dt_limit = None if dt_limit is None else (float(dt_limit[0]), float(dt_limit[1]))
         self.chunk_size = chunk_size
         self.backend = backend

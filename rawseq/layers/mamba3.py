@@ -50,36 +50,15 @@ class Mamba3(Mixer):
         self,
         d_model: int,
         *,
-        d_state: int = 64,
-        expand: int = 2,
-        headdim: int = 64,
-        n_groups: int = 1,
-        mimo_rank: int | None = None,
+        d_state: int = 64, expand: int = 2, headdim: int = 64, n_groups: int = 1, mimo_rank: int | None = None,
         rope_fraction: float = 0.5,
-        data_dependent_A: bool = True,
-        A_floor: float = 1e-4,
-        A_init_range: tuple[float, float] = (1.0, 16.0),
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        dt_init_floor: float = 1e-4,
-        bc_norm: bool = True,
-        norm_eps: float = 1e-5,
-        chunk_size: int | None = None,
-        bias: bool = False,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
+        data_dependent_A: bool = True, A_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
+        bc_norm: bool = True, norm_eps: float = 1e-5, chunk_size: int | None = None, bias: bool = False,
+        backend: str = "auto", device=None, dtype=None,
     ):
         super().__init__()
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_inner = int(expand * d_model)
-        if headdim < 1 or self.d_inner % headdim:
-            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {self.d_inner}")
-        self.headdim = headdim
-        self.nheads = self.d_inner // headdim
-        if n_groups < 1 or self.nheads % n_groups:
-            raise ValueError(f"n_groups={n_groups} must divide the number of heads {self.nheads}")
+        self._set_sizes(d_model, d_state, expand, headdim, n_groups)
         if mimo_rank is not None and (not isinstance(mimo_rank, int) or mimo_rank < 1):
             raise ValueError(f"mimo_rank={mimo_rank!r} must be a positive int, or None for SISO")
         if not 0.0 <= rope_fraction <= 1.0:
@@ -90,7 +69,6 @@ class Mamba3(Mixer):
                              f"(rope_fraction={rope_fraction}); use an even d_state or rope_fraction=0")
         if A_floor < 0:
             raise ValueError(f"A_floor={A_floor} must be >= 0")
-        self.n_groups = n_groups
         self.mimo_rank = mimo_rank
         self.rank = 1 if mimo_rank is None else mimo_rank
         self.data_dependent_A = data_dependent_A

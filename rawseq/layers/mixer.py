@@ -56,6 +56,24 @@ class Mixer(nn.Module):
     def _mix(self, hidden, seq_idx, initial_state, return_state):
         raise NotImplementedError
 
+    def _set_sizes(self, d_model: int, d_state: int, expand: float, headdim: int | None = None,
+                   n_groups: int = 1) -> None:
+        """The sizes an SSM mixer is built from: ``d_model``, ``d_state`` and ``d_inner = expand * d_model``, and
+        for a multi-head SSM (``headdim`` given) ``headdim``, ``nheads = d_inner / headdim`` and ``n_groups``, with
+        a ValueError naming the size that does not divide."""
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(expand * d_model)
+        if headdim is None:
+            return
+        if headdim < 1 or self.d_inner % headdim:
+            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {self.d_inner}")
+        self.headdim = headdim
+        self.nheads = self.d_inner // headdim
+        if n_groups < 1 or self.nheads % n_groups:
+            raise ValueError(f"n_groups={n_groups} must divide the number of heads {self.nheads}")
+        self.n_groups = n_groups
+
     def _no_decoding(self):
         raise ValueError(f"a non-causal (bidirectional) {type(self).__name__} layer sees the whole sequence at once: "
                          "it has no decoding state and cannot decode step by step")

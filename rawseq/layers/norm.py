@@ -57,7 +57,7 @@ class GatedRMSNorm(nn.Module):
             return rms_norm_rows(x * F.silu(gate), weight, self.eps)
         xf = x.float()
         if gate is not None:
-            # The gate is often a slice of a wider projection; SiLU's CPU backward is about 2x slower on strided input.
+            # The gate is often a slice of a wider projection; SiLU's CPU backward is slower on strided input.
             xf = xf * F.silu(gate.float().contiguous())
         if self.group_size == xf.shape[-1] and x.dtype == self.weight.dtype == torch.float32:
             return F.rms_norm(xf, (self.group_size,), self.weight, eps=self.eps)

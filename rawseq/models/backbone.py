@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -83,3 +85,13 @@ class Backbone(nn.Module):
         for layer, state in zip(self.layers, states, strict=True):
             hidden = layer.step(hidden, state)
         return hidden
+
+
+@torch.no_grad()
+def scale_residual_writes(backbone: nn.Module) -> None:
+    """GPT-2 / mamba_ssm initialisation: divide the projections that write into the residual stream (each mixer's
+    ``out_proj``, each MLP's ``w_out``) by sqrt(number of residual additions) of ``backbone.layers``."""
+    adds = sum(1 if block.mlp is None else 2 for block in backbone.layers)
+    for name, p in backbone.named_parameters():
+        if name.endswith(("out_proj.weight", "mlp.w_out.weight")):
+            p /= math.sqrt(adds)

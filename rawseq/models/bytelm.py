@@ -14,9 +14,9 @@ from torch import nn
 
 from rawseq.layers import RMSNorm, concat_states
 from rawseq.modalities.symbols import IGNORE_INDEX
-from rawseq.models.backbone import Backbone
+from rawseq.models.backbone import Backbone, scale_residual_writes
 from rawseq.models.config import ByteLMConfig
-from rawseq.models.pretrained import PretrainedModel
+from rawseq.models.pretrained import PretrainedModel, prefill_by_length
 from rawseq.models.registry import register
 
 
@@ -25,6 +25,16 @@ class ByteLMOutput(NamedTuple):
     loss: torch.Tensor | None = None
     bits_per_byte: torch.Tensor | None = None
     states: list[dict] | None = None
+
+
+def next_symbol_loss(logits: torch.Tensor, targets: torch.Tensor,
+                     pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of logits (b, l, vocab) against targets (b, l), ignoring ``IGNORE_INDEX`` and ``pad_id``,
+    in float32: (loss in nats, loss in bits)."""
+    if pad_id is not None:
+        targets = targets.masked_fill(targets == pad_id, IGNORE_INDEX)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    return loss, loss / math.log(2)
 
 
 class ByteLM(PretrainedModel):
@@ -56,15 +66,10 @@ class ByteLM(PretrainedModel):
 
     @torch.no_grad()
     def _init_weights(self):
-        std = self.config.initializer_range
-        nn.init.normal_(self.embed.weight, std=std)
-        if self.lm_head is not None:
-            nn.init.normal_(self.lm_head.weight, std=std)
-        # GPT-2 / mamba_ssm: scale the projections that write into the residual stream by 1/sqrt(#residual adds).
-        residuals = len(self.backbone.layers) * (2 if self.config.d_mlp else 1)
-        for name, p in self.backbone.named_parameters():
-            if name.endswith("out_proj.weight") or name.endswith("mlp.w_out.weight"):
-                p /= math.sqrt(residuals)
+        for module in (self.embed, self.lm_head):
+            if module is not None:
+                nn.init.normal_(module.weight, std=self.config.initializer_range)
+        scale_residual_writes(self.backbone)
 
     @property
     def vocab_size(self) -> int:
@@ -105,12 +110,7 @@ class ByteLM(PretrainedModel):
         else:
             hidden = out
         logits = self._logits(hidden)
-        loss = bpb = None
-        if targets is not None:
-            if self.config.pad_id is not None:
-                targets = targets.masked_fill(targets == self.config.pad_id, IGNORE_INDEX)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-            bpb = loss / math.log(2)
+        loss, bpb = next_symbol_loss(logits, targets, self.config.pad_id) if targets is not None else (None, None)
         return ByteLMOutput(logits, loss, bpb, states)
 
     def allocate_inference_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> list[dict]:
@@ -140,24 +140,9 @@ class ByteLM(PretrainedModel):
 
         Returns the last logits (len(prompts), vocab) and states, rows in the order of ``prompts``.
         """
-        device = self.embed.weight.device
-        groups: dict[int, list[int]] = {}
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"prompt {i} is empty; give at least one symbol (for example bos_id)")
-            groups.setdefault(len(p), []).append(i)
-        order, logits, states = [], [], []
-        for rows in groups.values():
-            ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
-            group_logits, group_states = self.prefill(ids)
-            order += rows
-            logits.append(group_logits)
-            states.append(group_states)
-        inverse = torch.empty(len(order), dtype=torch.long, device=device)
-        inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
+        logits, states, inverse = prefill_by_length(self.prefill, prompts, self.embed.weight.device)
         merged = [concat_states([s[i] for s in states]) for i in range(len(states[0]))]
-        merged = [{k: v.index_select(0, inverse) for k, v in layer.items()} for layer in merged]
-        return torch.cat(logits).index_select(0, inverse), merged
+        return logits, [{k: v.index_select(0, inverse) for k, v in layer.items()} for layer in merged]
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, states: list[dict]) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch import nn
 from rawseq.config import ConfigError, option
 from rawseq.layers import RMSNorm
 from rawseq.modalities.symbols import N_SYMBOLS
-from rawseq.models.backbone import Backbone
+from rawseq.models.backbone import Backbone, scale_residual_writes
 from rawseq.models.config import SSM_KINDS, ByteLMConfig, ModelConfig, SignalSpec
 from rawseq.models.pretrained import PretrainedModel
 from rawseq.models.registry import register
@@ -194,16 +194,11 @@ class Encoder(PretrainedModel):
 
     @torch.no_grad()
     def _init_weights(self):
-        std = self.config.initializer_range
-        nn.init.normal_(self.embed.weight, std=std)
-        if self.pos_embed is not None:
-            nn.init.normal_(self.pos_embed.weight, std=std)
-        residuals = len(self.backbone.layers) * (2 if self.config.d_mlp else 1)
-        for name, p in self.backbone.named_parameters():
-            if name.endswith("out_proj.weight") or name.endswith("mlp.w_out.weight"):
-                p /= math.sqrt(residuals)
+        for module in (self.embed, self.pos_embed, None if self.head is None else self.head.proj):
+            if module is not None:
+                nn.init.normal_(module.weight, std=self.config.initializer_range)
+        scale_residual_writes(self.backbone)
         if self.head is not None:
-            nn.init.normal_(self.head.proj.weight, std=std)
             nn.init.zeros_(self.head.proj.bias)
 
     @property

@@ -8,6 +8,7 @@ weights are refused. Every error names the file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -123,6 +124,29 @@ class PretrainedModel(nn.Module):
             raise ValueError(f"{weights} is damaged: {exc}") from None
         load_state_dict_strict(model, tensors, source=str(weights))
         return model
+
+
+def prefill_by_length(prefill, prompts: list[list[int]], device) -> tuple[torch.Tensor, list, torch.Tensor]:
+    """Prefill prompts of different lengths without padding: one call of ``prefill(ids (n, l)) -> (logits (n,
+    vocab), states)`` per length, over the prompts of that length.
+
+    Returns:
+        the last logits (len(prompts), vocab) in the order of ``prompts``; the states of each call, in the order
+        of the calls (by length); and ``inverse`` (len(prompts),), which puts the rows of those states,
+        concatenated, back into the order of ``prompts``.
+    """
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; give at least one symbol (for example bos_id)")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # stable: prompt order within a length
+    logits, states = [], []
+    for _, rows in itertools.groupby(order, key=lambda i: len(prompts[i])):
+        ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
+        group_logits, group_states = prefill(ids)
+        logits.append(group_logits)
+        states.append(group_states)
+    inverse = torch.argsort(torch.tensor(order, device=device))
+    return torch.cat(logits).index_select(0, inverse), states, inverse
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:

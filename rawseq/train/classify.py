@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from rawseq.config import ConfigError, atomic_write_text, option
-from rawseq.models.config import ModelConfig
 from rawseq.models import registry
+from rawseq.models.config import ModelConfig
 from rawseq.models.encoders import Encoder, EncoderConfig, collate_symbols
 from rawseq.train import parallel
 from rawseq.train.config import RunConfig

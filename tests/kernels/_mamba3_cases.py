@@ -135,3 +135,15 @@ def split_inputs(inputs, start, stop):
     """The per-position inputs of positions [start, stop); parameters unchanged."""
     return {k: (v[:, start:stop] if k in PER_POSITION and v is not None and v.dim() >= 3 else v)
             for k, v in inputs.items()}
+
+
+def step_through(inputs, step, l):
+    """Run ``step`` (a ``mamba3_step``-like function) over the first ``l`` positions of ``inputs``, from a copy of
+    its initial state: the stacked outputs (b, l, h, p) and the final state."""
+    state = Mamba3State(*(t.clone() for t in inputs["initial_state"]))
+    ys = []
+    for t in range(l):
+        inputs_t = {k: (v[:, t] if k in PER_POSITION and v is not None and v.dim() >= 3 else v)
+                    for k, v in inputs.items() if k != "initial_state"}
+        ys.append(step(state, **inputs_t))
+    return torch.stack(ys, 1), state

@@ -19,6 +19,7 @@ from _mamba3_cases import (
     make_inputs,
     run_with_grads,
     split_inputs,
+    step_through,
 )
 
 from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
@@ -145,23 +146,13 @@ def test_state_chaining(rank, split):
             assert_close(v.grad, grads[name], FP32, f"chained grad {name}")
 
 
-def _step_through(inputs, step, l):
-    state = Mamba3State(*(t.clone() for t in inputs["initial_state"]))
-    ys = []
-    for t in range(l):
-        inputs_t = {k: (v[:, t] if k in PER_POSITION and v is not None and v.dim() >= 3 else v)
-                    for k, v in inputs.items() if k != "initial_state"}
-        ys.append(step(state, **inputs_t))
-    return torch.stack(ys, 1), state
-
-
 @pytest.mark.parametrize("rank", [None, 1, 4], ids=["siso", "mimo1", "mimo4"])
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
 def test_step_equals_forward(rank, dtype):
     l = 23
     inputs = make_inputs(2, l, 4, 16, 8, g=2, rank=rank, dtype=dtype)
     y, state = mamba3(**inputs, return_final_state=True, backend="torch", chunk_size=8)
-    ys, stepped = _step_through(inputs, mamba3_step, l)
+    ys, stepped = step_through(inputs, mamba3_step, l)
     assert ys.dtype == dtype
     assert_close(ys, y, dtype, "stepped y")
     assert_states_close(stepped, state, dtype, "stepped state")
@@ -172,8 +163,8 @@ def test_step_equals_forward(rank, dtype):
 def test_fast_step_matches_naive_step(rank, n_angles):
     l = 9
     inputs = make_inputs(3, l, 2, 16, 8, rank=rank, n_angles=n_angles, per_position_A=False)
-    y_fast, s_fast = _step_through(inputs, mamba3_step_torch, l)
-    y_ref, s_ref = _step_through(make_inputs(3, l, 2, 16, 8, rank=rank, n_angles=n_angles, per_position_A=False,
+    y_fast, s_fast = step_through(inputs, mamba3_step_torch, l)
+    y_ref, s_ref = step_through(make_inputs(3, l, 2, 16, 8, rank=rank, n_angles=n_angles, per_position_A=False,
                                              dtype=FP64), mamba3_step_naive, l)
     assert_close(y_fast, y_ref, FP32, "y")
     assert_states_close(s_fast, s_ref, FP32, "state")

@@ -26,6 +26,12 @@ def model(arch: str, **kw) -> ByteLM:
     return ByteLM(ByteLMConfig(**SMALL, **ARCHS[arch], **kw)).eval()
 
 
+@pytest.fixture(params=list(ARCHS))
+def lm(request) -> ByteLM:
+    """The small model of each architecture in ``ARCHS``."""
+    return model(request.param)
+
+
 def _close(a, b, tol=1e-4):
     scale = b.abs().max().clamp_min(1e-6)
     assert torch.isfinite(a).all()
@@ -41,9 +47,7 @@ def test_layer_pattern():
         ByteLMConfig(layers=["mamba", "rnn"])
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_step_decoding_matches_parallel_forward(arch):
-    lm = model(arch)
+def test_step_decoding_matches_parallel_forward(lm):
     ids = torch.randint(0, 260, (2, 15))
     with torch.no_grad():
         ref = lm(ids).logits
@@ -52,9 +56,7 @@ def test_step_decoding_matches_parallel_forward(arch):
     _close(steps, ref)
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_prefill_then_steps_matches_forward(arch):
-    lm = model(arch)
+def test_prefill_then_steps_matches_forward(lm):
     ids = torch.randint(0, 256, (3, 17))
     with torch.no_grad():
         ref = lm(ids).logits
@@ -63,9 +65,7 @@ def test_prefill_then_steps_matches_forward(arch):
     _close(torch.stack(steps, dim=1), ref[:, 8:])
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_rows_of_a_batch_are_independent(arch):
-    lm = model(arch)
+def test_rows_of_a_batch_are_independent(lm):
     ids = torch.randint(0, 256, (3, 12))
     with torch.no_grad():
         batched = lm(ids).logits
@@ -78,19 +78,16 @@ def test_rows_of_a_batch_are_independent(arch):
     _close(changed[2], batched[2])
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_gradients_reach_every_parameter(arch):
-    lm = model(arch).train()
+def test_gradients_reach_every_parameter(lm):
+    lm.train()
     ids = torch.randint(0, 256, (2, 10))
     lm(ids, targets=ids.roll(-1, 1)).loss.backward()
     for name, p in lm.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_carried_states_across_windows_match_one_pass(arch):
+def test_carried_states_across_windows_match_one_pass(lm):
     """The hook for stateful long-stream training: detached states fed into the next window."""
-    lm = model(arch)
     ids = torch.randint(0, 256, (2, 20))
     ref = lm(ids).logits
     first = lm(ids[:, :11], return_states=True)
@@ -99,9 +96,7 @@ def test_carried_states_across_windows_match_one_pass(arch):
     second.logits.sum().backward()  # a trainer backpropagates through the second window only
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_seq_idx_packing_matches_separate_documents(arch):
-    lm = model(arch)
+def test_seq_idx_packing_matches_separate_documents(lm):
     lengths = [6, 11, 3]
     ids = torch.randint(0, 256, (1, sum(lengths)))
     seq_idx = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))[None].int()
@@ -174,19 +169,14 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
 def test_load_errors_name_the_problem(tmp_path):
     model("mamba").save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["d_state"] = 4
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="A_log has shape"):
-        ByteLM.from_pretrained(tmp_path)
-    cfg["d_stat"] = 4
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"unknown ByteLMConfig key 'd_stat' \(did you mean 'd_state'\?\); valid: d_model"):
-        ByteLM.from_pretrained(tmp_path)
-    del cfg["d_stat"]
-    cfg["d_state"] = "8"
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="d_state='8' does not match"):
-        ByteLM.from_pretrained(tmp_path)
+    for change, match in [
+        ({"d_state": 4}, "A_log has shape"),
+        ({"d_stat": 4}, r"unknown ByteLMConfig key 'd_stat' \(did you mean 'd_state'\?\); valid: d_model"),
+        ({"d_state": "8"}, "d_state='8' does not match"),
+    ]:
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match=match):
+            ByteLM.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         ByteLM.from_pretrained(tmp_path)

@@ -149,15 +149,15 @@ def test_save_and_load_round_trip(tmp_path, cls, kw):
         other.from_pretrained(tmp_path / "m")
 
 
-def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="'d_modle' \\(did you mean 'd_model'\\?\\); valid: d_model"):
-        EncoderConfig.from_dict({"d_modle": 8})
-    with pytest.raises(ValueError, match="type"):
-        EncoderConfig.from_dict({"d_model": "8"})
-    with pytest.raises(ValueError, match="modality"):
-        EncoderConfig(modality="video")
-    with pytest.raises(ValueError, match="labels"):
-        EncoderConfig(n_classes=2, labels=["one"])
+@pytest.mark.parametrize("make, match", [
+    (lambda: EncoderConfig.from_dict({"d_modle": 8}), "'d_modle' \\(did you mean 'd_model'\\?\\); valid: d_model"),
+    (lambda: EncoderConfig.from_dict({"d_model": "8"}), "type"),
+    (lambda: EncoderConfig(modality="video"), "modality"),
+    (lambda: EncoderConfig(n_classes=2, labels=["one"]), "labels"),
+], ids=["unknown-key", "wrong-type", "modality", "labels"])
+def test_config_rejects_unknown_keys_and_bad_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_empty_input_is_an_error():

@@ -87,13 +87,17 @@ def test_train_classifier_on_a_folder_learns_and_saves(tmp_path):
     assert model.classify(files) == ["low", "high"]
 
 
-def test_config_checks():
-    with pytest.raises(ValueError, match="'epoch' \\(did you mean 'epochs'\\?\\); valid: "):
-        ClassifyConfig.from_dict({"epoch": 3})
-    with pytest.raises(ValueError, match="type"):
-        ClassifyConfig.from_dict({"epochs": "3"})
-    with pytest.raises(ValueError, match="modality"):
-        train_classifier({"data": "some/folder"})
+@pytest.mark.parametrize("make, match", [
+    (lambda: ClassifyConfig.from_dict({"epoch": 3}), "'epoch' \\(did you mean 'epochs'\\?\\); valid: "),
+    (lambda: ClassifyConfig.from_dict({"epochs": "3"}), "type"),
+    (lambda: train_classifier({"data": "some/folder"}), "modality"),
+], ids=["unknown-key", "wrong-type", "no-modality"])
+def test_config_checks(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_dataset_may_be_empty():
     assert isinstance(Dataset([], [], [], [], [], "text"), Dataset)
 
 

@@ -172,12 +172,9 @@ def _interrupted_then_resumed(tmp_path, text_file, *extra, stop_after: int):
         if step == stop_after:
             raise _Interrupt
 
-    loop.save_checkpoint = save_then_die
-    try:
-        with pytest.raises(_Interrupt):
-            train(cfg)
-    finally:
-        loop.save_checkpoint = real
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Interrupt):
+        patch.setattr(loop, "save_checkpoint", save_then_die)
+        train(cfg)
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     train(cfg, resume=True)
     return _losses(tmp_path / "run")

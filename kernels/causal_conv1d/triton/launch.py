@@ -1,9 +1,10 @@
-"""Launchers of the causal-conv kernels, the autograd Function and the public Triton entry points.
+"""Launchers of the causal-conv kernels and the Triton entry points.
 
 ``causal_conv1d_fwd`` and ``causal_conv1d_bwd`` are plain (no autograd) launches on the op's own arguments; nothing
-beyond the inputs is kept for the backward. ``CausalConv1dFunction`` ties them together; ``causal_conv1d_triton``
-and ``causal_conv1d_step_triton`` are what :func:`rawseq.kernels.causal_conv1d` dispatches to. Float64 inputs are
-rejected with a ValueError: use the ``torch`` backend for float64.
+beyond the inputs is kept for the backward. :mod:`rawseq.kernels.library` registers them as the
+``rawseq::causal_conv1d`` op with its autograd, which :func:`rawseq.kernels.causal_conv1d` calls;
+``causal_conv1d_triton`` calls that op on this backend and ``causal_conv1d_step_triton`` is the decoding step.
+Float64 inputs are rejected with a ValueError: use the ``torch`` backend for float64.
 """
 
 from __future__ import annotations
@@ -129,24 +130,13 @@ def causal_conv1d_bwd(dy, dfinal, x, weight, bias=None, activation=None, initial
     return tuple(None if t is None else g.to(t.dtype) for g, t in zip(grads, inputs))
 
 
-class CausalConv1dFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, initial_state, seq_idx, activation):
-        y, final = causal_conv1d_fwd(x, weight, bias, activation, initial_state, seq_idx)
-        ctx.save_for_backward(x, weight, bias, initial_state, seq_idx)
-        ctx.activation = activation
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, weight, bias, initial_state, seq_idx = ctx.saved_tensors
-        grads = causal_conv1d_bwd(dy, dfinal, x, weight, bias, ctx.activation, initial_state, seq_idx)
-        return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None)
-
-
 def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, seq_idx=None):
-    """Same arguments as :func:`rawseq.kernels.causal_conv1d`; returns ``(y, final_state)`` in ``x.dtype``."""
-    return CausalConv1dFunction.apply(x, weight, bias, initial_state, seq_idx, activation)
+    """The registered ``causal_conv1d`` op (:mod:`rawseq.kernels.library`) on these kernels, differentiable,
+    without the public function's argument checks; same arguments as :func:`rawseq.kernels.causal_conv1d`, returns
+    ``(y, final_state)`` in ``x.dtype``."""
+    from rawseq.kernels import library
+
+    return library.causal_conv1d(x, weight, bias, activation, initial_state, seq_idx, "triton")
 
 
 def causal_conv1d_step_triton(state, x, weight, bias=None, activation=None):

@@ -12,11 +12,11 @@ over rows ``j`` of positions ``t_j <= t_i`` in the same document. The (64, 64) p
 cores); decays are formed as ``exp(cs_i - cs_j)`` selected to ``-inf`` outside the pairs, never as a product of
 ``exp(cs_i)`` and ``exp(-cs_j)``. Rows of padding past the end have ``a = g = w = 0`` and zero inputs.
 
-- ``_mamba3_chunk_state_fwd_kernel``, grid (nstate blocks x headdim blocks, batch x heads): walks the chunks with a
-  block of the (transposed) state in fp32 registers, storing the state entering every chunk and the final state.
+- ``_mamba3_chunk_walk_kernel``, grid (nstate blocks x headdim blocks, batch x heads): walks the chunks with a
+  block of a (transposed) state in fp32 registers. Forward, the state: storing the state entering every chunk and
+  the final state. Reverse (``REVERSE``), the walk of ``G = dL/dS``, ``G_start = exp(cs_end) G_end + q^T (exp(cs)
+  gy)``: storing ``G`` leaving every chunk and the initial-state gradient.
 - ``_mamba3_chunk_out_fwd_kernel``, grid (chunks, headdim blocks, batch x heads): a chunk's output.
-- ``_mamba3_chunk_adjoint_bwd_kernel``: the reverse walk of ``G = dL/dS`` (grid of the state kernel),
-  ``G_start = exp(cs_end) G_end + q^T (exp(cs) gy)``, storing ``G`` leaving every chunk and the initial-state gradient.
 - ``_mamba3_chunk_bwd_kernel``, grid (chunks, headdim blocks, batch x heads): every input gradient of one chunk from
   the recomputed chunk, its entering state and its leaving adjoint. Gradients that sum over headdim (q, k, the
   log-decays and tap weights) leave as fp32 partial sums per headdim block, which the launcher adds.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from rawseq.kernels.common.tl_chunks import chunk_block, chunk_ends, pair_decay, state_block
 from rawseq.kernels.common.tl_math import dot, silu, softplus
 
 TWO_PI = tl.constexpr(6.283185307179586)
@@ -60,31 +61,55 @@ def _chunk_rows(a_ptr, reset_ptr, c, length, stride_al, stride_resetl, HAS_SEQ: 
 
 
 @triton.jit
-def _chunk_ends(cs, seg, Q: tl.constexpr, R: tl.constexpr):
-    """Decay of the entering state to each row (``ein``), to the chunk end (``e_end``) and of each row to the end
-    (``to_end``), each 0 where a document starts in between; and the last row's mask."""
-    last = tl.arange(0, Q * R) == Q * R - 1
-    cs_end = tl.sum(tl.where(last, cs, 0.0), 0)
-    seg_end = tl.max(seg, 0)
-    ein = tl.where(seg == 0, tl.exp(cs), 0.0)
-    e_end = tl.where(seg_end == 0, tl.exp(cs_end), 0.0)
-    to_end = tl.where(seg == seg_end, tl.exp(cs_end - cs), 0.0)
-    return ein, e_end, to_end, last
-
-
-@triton.jit
 def _chunk_pairs(dpos, cs, seg, gam, wv):
     """(QR, QR): which pairs of rows have t_j <= t_i in one document, their decay exp(cs_i - cs_j) (0 elsewhere), the
     column weights (w_j before t_i, g_j at t_i) and whether a pair shares its position."""
     pair = (dpos[:, None] >= dpos[None, :]) & (seg[:, None] == seg[None, :])
-    decay = tl.exp(tl.where(pair, cs[:, None] - cs[None, :], float("-inf")))
     same = dpos[:, None] == dpos[None, :]
     scale = tl.where(same, gam[None, :], wv[None, :])
-    return pair, decay, scale, same
+    return pair, pair_decay(pair, cs), scale, same
+
+
+@triton.jit
+def _tile(base, dpos, rank, offs, stride_l, stride_r, stride_c):
+    """Offsets of a chunk's (QR, BLOCK) tile of a (.., length, .., R, columns) tensor: row (position ``dpos``, rank
+    ``rank``) from the chunk's first position ``base`` (int64), column ``offs``."""
+    return base * stride_l + (dpos[:, None] * stride_l + rank[:, None] * stride_r + offs[None, :] * stride_c)
+
+
+@triton.jit
+def _chunk(v_ptr, q_ptr, k_ptr, a_ptr, g_ptr, w_ptr, reset_ptr, states_ptr, c, b, h, offs_p, mask_p, offs_n, mask_n,
+           length, stride_vb, stride_vl, stride_vh, stride_vr, stride_vp, stride_kb, stride_kl, stride_kh, stride_kr,
+           stride_kn, stride_ab, stride_al, stride_ah, stride_resetb, stride_resetl, stride_stb, stride_sth,
+           stride_stc, stride_stp, stride_stn, HAS_SEQ: tl.constexpr, Q: tl.constexpr, R: tl.constexpr):
+    """What both chunk-parallel kernels read of chunk ``c``: its rows (``_chunk_rows``), their decays
+    (``chunk_ends``), tap weights and pairs (``_chunk_pairs``), the q, k (QR, BLOCK_N) and v (QR, BLOCK_P) tiles,
+    the entering state's (BLOCK_N, BLOCK_P) block, and the offsets and masks of those tiles."""
+    rank = tl.arange(0, Q * R) % R
+    dpos, valid, base, cs, seg = _chunk_rows(a_ptr + b * stride_ab + h * stride_ah, reset_ptr + b * stride_resetb, c,
+                                             length, stride_al, stride_resetl, HAS_SEQ, Q, R)
+    ein, e_end, to_end, last = chunk_ends(cs, seg, Q * R)
+    per_pos = b * stride_ab + h * stride_ah + base * stride_al + dpos * stride_al
+    gam = tl.load(g_ptr + per_pos, mask=valid, other=0.0)
+    wv = tl.load(w_ptr + per_pos, mask=valid, other=0.0)
+    pair, decay, scale, same = _chunk_pairs(dpos, cs, seg, gam, wv)
+    kn = b * stride_kb + h * stride_kh + _tile(base, dpos, rank, offs_n, stride_kl, stride_kr, stride_kn)
+    mask_qn = valid[:, None] & mask_n[None, :]
+    qt = tl.load(q_ptr + kn, mask=mask_qn, other=0.0)
+    kt = tl.load(k_ptr + kn, mask=mask_qn, other=0.0)
+    vp = b * stride_vb + h * stride_vh + _tile(base, dpos, rank, offs_p, stride_vl, stride_vr, stride_vp)
+    mask_qp = valid[:, None] & mask_p[None, :]
+    vt = tl.load(v_ptr + vp, mask=mask_qp, other=0.0)
+    st = b * stride_stb + h * stride_sth + c.to(tl.int64) * stride_stc \
+        + (offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp)
+    st_mask = mask_n[:, None] & mask_p[None, :]
+    S0 = tl.load(states_ptr + st, mask=st_mask, other=0.0)
+    return (dpos, valid, base, rank, ein, e_end, to_end, last, gam, wv, pair, decay, scale, same, qt, kt, vt, S0,
+            vp, mask_qp, mask_qn, st, st_mask)
 
 
 @triton.jit(do_not_specialize=["nchunks"])
-def _mamba3_chunk_state_fwd_kernel(
+def _mamba3_chunk_walk_kernel(
     v_ptr, k_ptr, a_ptr, w_ptr, reset_ptr, init_ptr, states_ptr, final_ptr,
     length, nchunks, heads, headdim, nstate,
     stride_vb, stride_vl, stride_vh, stride_vr, stride_vp,
@@ -92,47 +117,48 @@ def _mamba3_chunk_state_fwd_kernel(
     stride_ab, stride_al, stride_ah,
     stride_resetb, stride_resetl,
     stride_stb, stride_sth, stride_stc, stride_stp, stride_stn,
-    HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, Q: tl.constexpr, R: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, Q: tl.constexpr, R: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
-    npb = tl.cdiv(headdim, BLOCK_P)
-    pid_n = tl.program_id(0) // npb
-    pid_p = tl.program_id(0) % npb
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < nstate
+    """Forward: ``S = e_end S + k^T (to_end w v)`` from the first chunk, storing the state entering every chunk.
+    Reverse: ``G = e_end G + q^T (ein gy)`` from the last chunk, storing the gradient leaving every chunk; ``v_ptr``
+    holds gy and ``k_ptr`` q (laid out like v and k), ``w_ptr`` is not read. ``init`` and ``final`` are dense
+    (batch, heads, headdim, nstate)."""
+    b, h, offs_p, offs_n, mask_p, mask_n, st_offs, st_mask, dense = state_block(
+        heads, headdim, nstate, stride_stn, stride_stp, BLOCK_P, BLOCK_N)
     rank = tl.arange(0, Q * R) % R
     v_base = v_ptr + b * stride_vb + h * stride_vh
     k_base = k_ptr + b * stride_kb + h * stride_kh
     a_base = a_ptr + b * stride_ab + h * stride_ah
     w_base = w_ptr + b * stride_ab + h * stride_ah
     reset_base = reset_ptr + b * stride_resetb
-    # the state is kept transposed, (nstate, headdim), so that the update is k^T @ v
-    st_offs = offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp
-    st_mask = mask_n[:, None] & mask_p[None, :]
     st_base = states_ptr + b * stride_stb + h * stride_sth
-    dense = (b * heads + h) * headdim * nstate + offs_n[:, None] + offs_p[None, :] * nstate
+    if REVERSE:
+        st_base += (nchunks - 1).to(tl.int64) * stride_stc
+    # the state (or its gradient) is kept transposed, (nstate, headdim), so that the update is k^T @ v
     state = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
     if HAS_INIT:
         state = tl.load(init_ptr + dense, mask=st_mask, other=0.0)
-    for c in range(0, nchunks):
+    for i in range(0, nchunks):
         tl.store(st_base + st_offs, state, mask=st_mask)
-        st_base += stride_stc
+        if REVERSE:
+            c = nchunks - 1 - i
+            st_base -= stride_stc
+        else:
+            c = i
+            st_base += stride_stc
         dpos, valid, base, cs, seg = _chunk_rows(a_base, reset_base, c, length, stride_al, stride_resetl, HAS_SEQ,
                                                  Q, R)
-        ein, e_end, to_end, last = _chunk_ends(cs, seg, Q, R)
-        wv = tl.load(w_base + base * stride_al + dpos * stride_al, mask=valid, other=0.0)
-        vt = tl.load(v_base + base * stride_vl + (dpos[:, None] * stride_vl + rank[:, None] * stride_vr
-                                                 + offs_p[None, :] * stride_vp),
+        ein, e_end, to_end, last = chunk_ends(cs, seg, Q * R)
+        if REVERSE:
+            weight = ein
+        else:
+            weight = to_end * tl.load(w_base + base * stride_al + dpos * stride_al, mask=valid, other=0.0)
+        vt = tl.load(v_base + _tile(base, dpos, rank, offs_p, stride_vl, stride_vr, stride_vp),
                      mask=valid[:, None] & mask_p[None, :], other=0.0)
-        kt = tl.load(k_base + base * stride_kl + (dpos[:, None] * stride_kl + rank[:, None] * stride_kr
-                                                 + offs_n[None, :] * stride_kn),
+        kt = tl.load(k_base + _tile(base, dpos, rank, offs_n, stride_kl, stride_kr, stride_kn),
                      mask=valid[:, None] & mask_n[None, :], other=0.0)
-        ku = (kt.to(tl.float32) * (to_end * wv)[:, None]).to(vt.dtype)
+        ku = (kt.to(tl.float32) * weight[:, None]).to(vt.dtype)
         state = state * e_end + dot(tl.trans(ku), vt, IEEE)
     tl.store(final_ptr + dense, state, mask=st_mask)
 
@@ -146,98 +172,22 @@ def _mamba3_chunk_out_fwd_kernel(
     stride_ab, stride_al, stride_ah,
     stride_resetb, stride_resetl,
     stride_stb, stride_sth, stride_stc, stride_stp, stride_stn,
-    stride_yb, stride_yl, stride_yh, stride_yr, stride_yp,
     HAS_SEQ: tl.constexpr, Q: tl.constexpr, R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    """y (fp32, the layout of v) of one chunk."""
+    c, pid_p, b, h, offs_p, mask_p = chunk_block(heads, headdim, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < nstate
-    rank = tl.arange(0, Q * R) % R
-    a_base = a_ptr + b * stride_ab + h * stride_ah
-    dpos, valid, base, cs, seg = _chunk_rows(a_base, reset_ptr + b * stride_resetb, c, length, stride_al,
-                                             stride_resetl, HAS_SEQ, Q, R)
-    ein, e_end, to_end, last = _chunk_ends(cs, seg, Q, R)
-    per_pos = base * stride_al + dpos * stride_al
-    gam = tl.load(g_ptr + b * stride_ab + h * stride_ah + per_pos, mask=valid, other=0.0)
-    wv = tl.load(w_ptr + b * stride_ab + h * stride_ah + per_pos, mask=valid, other=0.0)
-    kn = base * stride_kl + (dpos[:, None] * stride_kl + rank[:, None] * stride_kr + offs_n[None, :] * stride_kn)
-    mask_qn = valid[:, None] & mask_n[None, :]
-    qt = tl.load(q_ptr + b * stride_kb + h * stride_kh + kn, mask=mask_qn, other=0.0)
-    kt = tl.load(k_ptr + b * stride_kb + h * stride_kh + kn, mask=mask_qn, other=0.0)
-    mask_qp = valid[:, None] & mask_p[None, :]
-    vt = tl.load(v_ptr + b * stride_vb + h * stride_vh + base * stride_vl
-                 + (dpos[:, None] * stride_vl + rank[:, None] * stride_vr + offs_p[None, :] * stride_vp),
-                 mask=mask_qp, other=0.0)
-    pair, decay, scale, same = _chunk_pairs(dpos, cs, seg, gam, wv)
+    (dpos, valid, base, rank, ein, e_end, to_end, last, gam, wv, pair, decay, scale, same, qt, kt, vt, S0,
+     vp, mask_qp, mask_qn, st, st_mask) = _chunk(
+        v_ptr, q_ptr, k_ptr, a_ptr, g_ptr, w_ptr, reset_ptr, states_ptr, c, b, h, offs_p, mask_p, offs_n,
+        offs_n < nstate, length, stride_vb, stride_vl, stride_vh, stride_vr, stride_vp, stride_kb, stride_kl,
+        stride_kh, stride_kr, stride_kn, stride_ab, stride_al, stride_ah, stride_resetb, stride_resetl, stride_stb,
+        stride_sth, stride_stc, stride_stp, stride_stn, HAS_SEQ, Q, R)
     W = tl.where(pair, dot(qt, tl.trans(kt), IEEE) * decay * scale, 0.0)
     y = dot(W.to(vt.dtype), vt, IEEE)
-    S0 = tl.load(states_ptr + b * stride_stb + h * stride_sth + c.to(tl.int64) * stride_stc
-                 + (offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp),
-                 mask=mask_n[:, None] & mask_p[None, :], other=0.0)
     y += dot(qt, S0.to(qt.dtype), IEEE) * ein[:, None]
-    tl.store(y_ptr + b * stride_yb + h * stride_yh + base * stride_yl
-             + (dpos[:, None] * stride_yl + rank[:, None] * stride_yr + offs_p[None, :] * stride_yp),
-             y, mask=mask_qp)
-
-
-@triton.jit(do_not_specialize=["nchunks"])
-def _mamba3_chunk_adjoint_bwd_kernel(
-    gy_ptr, q_ptr, a_ptr, reset_ptr, gfinal_ptr, adj_ptr, ginit_ptr,
-    length, nchunks, heads, headdim, nstate,
-    stride_vb, stride_vl, stride_vh, stride_vr, stride_vp,
-    stride_kb, stride_kl, stride_kh, stride_kr, stride_kn,
-    stride_ab, stride_al, stride_ah,
-    stride_resetb, stride_resetl,
-    stride_stb, stride_sth, stride_stc, stride_stp, stride_stn,
-    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, Q: tl.constexpr, R: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-):
-    npb = tl.cdiv(headdim, BLOCK_P)
-    pid_n = tl.program_id(0) // npb
-    pid_p = tl.program_id(0) % npb
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < nstate
-    rank = tl.arange(0, Q * R) % R
-    gy_base = gy_ptr + b * stride_vb + h * stride_vh
-    q_base = q_ptr + b * stride_kb + h * stride_kh
-    a_base = a_ptr + b * stride_ab + h * stride_ah
-    reset_base = reset_ptr + b * stride_resetb
-    st_offs = offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp
-    st_mask = mask_n[:, None] & mask_p[None, :]
-    adj_base = adj_ptr + b * stride_stb + h * stride_sth + (nchunks - 1).to(tl.int64) * stride_stc
-    dense = (b * heads + h) * headdim * nstate + offs_n[:, None] + offs_p[None, :] * nstate
-    # G^T = dL/dS^T leaving the current chunk, (nstate, headdim)
-    adj = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
-    if HAS_DFINAL:
-        adj = tl.load(gfinal_ptr + dense, mask=st_mask, other=0.0)
-    for i in range(0, nchunks):
-        c = nchunks - 1 - i
-        tl.store(adj_base + st_offs, adj, mask=st_mask)
-        adj_base -= stride_stc
-        dpos, valid, base, cs, seg = _chunk_rows(a_base, reset_base, c, length, stride_al, stride_resetl, HAS_SEQ,
-                                                 Q, R)
-        ein, e_end, to_end, last = _chunk_ends(cs, seg, Q, R)
-        gyt = tl.load(gy_base + base * stride_vl + (dpos[:, None] * stride_vl + rank[:, None] * stride_vr
-                                                   + offs_p[None, :] * stride_vp),
-                      mask=valid[:, None] & mask_p[None, :], other=0.0)
-        qt = tl.load(q_base + base * stride_kl + (dpos[:, None] * stride_kl + rank[:, None] * stride_kr
-                                                 + offs_n[None, :] * stride_kn),
-                     mask=valid[:, None] & mask_n[None, :], other=0.0)
-        qe = (qt.to(tl.float32) * ein[:, None]).to(gyt.dtype)
-        adj = adj * e_end + dot(tl.trans(qe), gyt, IEEE)
-    tl.store(ginit_ptr + dense, adj, mask=st_mask)
+    tl.store(y_ptr + vp, y, mask=mask_qp)
 
 
 @triton.jit(do_not_specialize=["nchunks"])
@@ -255,49 +205,27 @@ def _mamba3_chunk_bwd_kernel(
     HAS_SEQ: tl.constexpr, Q: tl.constexpr, R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
+    c, pid_p, b, h, offs_p, mask_p = chunk_block(heads, headdim, BLOCK_P)
     blk = pid_p.to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < nstate
-    rows = tl.arange(0, Q * R)
-    rank = rows % R
-    a_base = a_ptr + b * stride_ab + h * stride_ah
-    dpos, valid, base, cs, seg = _chunk_rows(a_base, reset_ptr + b * stride_resetb, c, length, stride_al,
-                                             stride_resetl, HAS_SEQ, Q, R)
-    ein, e_end, to_end, last = _chunk_ends(cs, seg, Q, R)
-    per_pos = base * stride_al + dpos * stride_al
-    gam = tl.load(g_ptr + b * stride_ab + h * stride_ah + per_pos, mask=valid, other=0.0)
-    wv = tl.load(w_ptr + b * stride_ab + h * stride_ah + per_pos, mask=valid, other=0.0)
+    (dpos, valid, base, rank, ein, e_end, to_end, last, gam, wv, pair, decay, scale, same, qt, kt, vt, S0,
+     vp, mask_qp, mask_qn, st, st_mask) = _chunk(
+        v_ptr, q_ptr, k_ptr, a_ptr, g_ptr, w_ptr, reset_ptr, states_ptr, c, b, h, offs_p, mask_p, offs_n,
+        offs_n < nstate, length, stride_vb, stride_vl, stride_vh, stride_vr, stride_vp, stride_kb, stride_kl,
+        stride_kh, stride_kr, stride_kn, stride_ab, stride_al, stride_ah, stride_resetb, stride_resetl, stride_stb,
+        stride_sth, stride_stc, stride_stp, stride_stn, HAS_SEQ, Q, R)
     u = to_end * wv
-    kn = base * stride_kl + (dpos[:, None] * stride_kl + rank[:, None] * stride_kr + offs_n[None, :] * stride_kn)
-    mask_qn = valid[:, None] & mask_n[None, :]
-    qt = tl.load(q_ptr + b * stride_kb + h * stride_kh + kn, mask=mask_qn, other=0.0)
-    kt = tl.load(k_ptr + b * stride_kb + h * stride_kh + kn, mask=mask_qn, other=0.0)
-    vp = base * stride_vl + (dpos[:, None] * stride_vl + rank[:, None] * stride_vr + offs_p[None, :] * stride_vp)
-    mask_qp = valid[:, None] & mask_p[None, :]
-    vt = tl.load(v_ptr + b * stride_vb + h * stride_vh + vp, mask=mask_qp, other=0.0)
-    gyt = tl.load(gy_ptr + b * stride_vb + h * stride_vh + vp, mask=mask_qp, other=0.0)
-    st = b * stride_stb + h * stride_sth + c.to(tl.int64) * stride_stc \
-        + (offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp)
-    st_mask = mask_n[:, None] & mask_p[None, :]
-    S0 = tl.load(states_ptr + st, mask=st_mask, other=0.0)
+    gyt = tl.load(gy_ptr + vp, mask=mask_qp, other=0.0)
     Gt = tl.load(adj_ptr + st, mask=st_mask, other=0.0)
     dt = vt.dtype
 
-    pair, decay, scale, same = _chunk_pairs(dpos, cs, seg, gam, wv)
     G = dot(qt, tl.trans(kt), IEEE)  # (QR, QR) q_i . k_j
     M = tl.where(pair, decay * scale, 0.0)
     W = G * M
     dW = dot(gyt, tl.trans(vt), IEEE)  # gy_i . v_j over this headdim block
     KG = dot(kt, Gt.to(dt), IEEE)  # (QR, BP): k_j G^T, how v_j reaches the leaving state
     gv = dot(tl.trans(W.to(dt)), gyt, IEEE) + u[:, None] * KG
-    tl.store(gv_ptr + b * stride_vb + h * stride_vh + vp, gv, mask=mask_qp)
+    tl.store(gv_ptr + vp, gv, mask=mask_qp)
     dG = (dW * M).to(dt)
     gq = dot(dG, kt, IEEE) + ein[:, None] * dot(gyt, tl.trans(S0.to(dt)), IEEE)
     gk = dot(tl.trans(dG), qt, IEEE) + u[:, None] * dot(vt, tl.trans(Gt.to(dt)), IEEE)

@@ -16,10 +16,9 @@ import triton
 from rawseq.kernels.common.triton_utils import next_pow2, reject_float64, tf32_allowed
 from rawseq.kernels.mamba3.chunked import mamba3_chunked
 from rawseq.kernels.mamba3.triton.kernels import (
-    _mamba3_chunk_adjoint_bwd_kernel,
     _mamba3_chunk_bwd_kernel,
     _mamba3_chunk_out_fwd_kernel,
-    _mamba3_chunk_state_fwd_kernel,
+    _mamba3_chunk_walk_kernel,
     _mamba3_step_kernel,
 )
 
@@ -73,32 +72,40 @@ def _resets(seg: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+def _launch(kernel, kind, pointers, v, k, a, resets, states, has_seq, extra_strides=(), **flags):
+    """One launch of a chunked kernel: ``kind`` "state" or "adjoint" (the walk over chunks, one program per state
+    block and head) or "out" or "bwd" (one program per chunk, headdim block and head). Sizes and strides come from
+    v (b, l, h, R, p), k (b, l, h, R, n), a (b, l, h), the document starts and ``states`` (b, h, chunks, p, n): the
+    tensors laid out like them share their strides."""
+    batch, length, heads, R, headdim = v.shape
+    nstate = k.shape[-1]
+    nchunks = states.shape[2]
+    if kind in ("state", "adjoint"):
+        bp, bn = BLOCK_P, SEQ_BLOCK_N
+        grid = (triton.cdiv(nstate, bn) * triton.cdiv(headdim, bp), batch * heads)
+    else:
+        bp, bn = block_p(nstate), block_n(nstate)
+        grid = (nchunks, triton.cdiv(headdim, bp), batch * heads)
+    kernel[grid](
+        *pointers, length, nchunks, heads, headdim, nstate,
+        *v.stride(), *k.stride(), *a.stride(), *resets.stride(), *states.stride(), *extra_strides,
+        HAS_SEQ=has_seq, Q=CHUNK_ROWS // R, R=R, BLOCK_P=bp, BLOCK_N=bn, IEEE=_ieee(v.dtype), **flags,
+        num_warps=WARPS[kind], num_stages=STAGES[kind],
+    )
+
+
 def core_fwd(v, q, k, a, g, w, S0, resets, has_seq):
     """State pass then output pass: y (b, l, h, R, p) fp32, the final state and the states entering each chunk."""
     batch, length, heads, R, headdim = v.shape
-    nstate = q.shape[-1]
-    Q = CHUNK_ROWS // R
-    nchunks = triton.cdiv(length, Q)
-    dev = v.device
-    ieee = _ieee(v.dtype)
-    states = torch.empty(batch, heads, nchunks, headdim, nstate, dtype=torch.float32, device=dev)
-    final = torch.empty(batch, heads, headdim, nstate, dtype=torch.float32, device=dev)
-    y = torch.empty(batch, length, heads, R, headdim, dtype=torch.float32, device=dev)
+    f32 = dict(dtype=torch.float32, device=v.device)
+    states = torch.empty(batch, heads, triton.cdiv(length, CHUNK_ROWS // R), headdim, q.shape[-1], **f32)
+    final = torch.empty(batch, heads, headdim, q.shape[-1], **f32)
     init = final if S0 is None else S0.float().contiguous()
-    sizes = (length, nchunks, heads, headdim, nstate)
-    strides = (*v.stride(), *k.stride(), *a.stride(), *resets.stride(), *states.stride())
-    grid = (triton.cdiv(nstate, SEQ_BLOCK_N) * triton.cdiv(headdim, BLOCK_P), batch * heads)
-    _mamba3_chunk_state_fwd_kernel[grid](
-        v, k, a, w, resets, init, states, final, *sizes, *strides,
-        HAS_SEQ=has_seq, HAS_INIT=S0 is not None, Q=Q, R=R, BLOCK_P=BLOCK_P, BLOCK_N=SEQ_BLOCK_N, IEEE=ieee,
-        num_warps=WARPS["state"], num_stages=STAGES["state"],
-    )
-    grid = (nchunks, triton.cdiv(headdim, block_p(nstate)), batch * heads)
-    _mamba3_chunk_out_fwd_kernel[grid](
-        v, q, k, a, g, w, resets, states, y, *sizes, *strides, *y.stride(),
-        HAS_SEQ=has_seq, Q=Q, R=R, BLOCK_P=block_p(nstate), BLOCK_N=block_n(nstate), IEEE=ieee,
-        num_warps=WARPS["out"], num_stages=STAGES["out"],
-    )
+    _launch(_mamba3_chunk_walk_kernel, "state", (v, k, a, w, resets, init, states, final), v, k, a, resets, states,
+            has_seq, HAS_INIT=S0 is not None, REVERSE=False)
+    y = torch.empty(v.shape, **f32)
+    _launch(_mamba3_chunk_out_fwd_kernel, "out", (v, q, k, a, g, w, resets, states, y), v, k, a, resets, states,
+            has_seq)
     return y, final, states
 
 
@@ -106,36 +113,22 @@ def core_bwd(gy, gfinal, v, q, k, a, g, w, resets, has_seq, states):
     """Adjoint pass then the chunk-parallel gradient pass; gradients of (v, q, k, a, g, w, S0) in fp32."""
     batch, length, heads, R, headdim = v.shape
     nstate = q.shape[-1]
-    Q = CHUNK_ROWS // R
-    nchunks = triton.cdiv(length, Q)
-    dev = v.device
-    ieee = _ieee(v.dtype)
+    f32 = dict(dtype=torch.float32, device=v.device)
     gy = gy.to(v.dtype).contiguous()
     adj = torch.empty_like(states)
-    ginit = torch.empty(batch, heads, headdim, nstate, dtype=torch.float32, device=dev)
+    ginit = torch.empty(batch, heads, headdim, nstate, **f32)
     gfinal_t = ginit if gfinal is None else gfinal.float().contiguous()
-    sizes = (length, nchunks, heads, headdim, nstate)
-    strides = (*v.stride(), *k.stride(), *a.stride(), *resets.stride(), *states.stride())
-    grid = (triton.cdiv(nstate, SEQ_BLOCK_N) * triton.cdiv(headdim, BLOCK_P), batch * heads)
-    _mamba3_chunk_adjoint_bwd_kernel[grid](
-        gy, q, a, resets, gfinal_t, adj, ginit, *sizes, *strides,
-        HAS_SEQ=has_seq, HAS_DFINAL=gfinal is not None, Q=Q, R=R, BLOCK_P=BLOCK_P, BLOCK_N=SEQ_BLOCK_N, IEEE=ieee,
-        num_warps=WARPS["adjoint"], num_stages=STAGES["adjoint"],
-    )
-    f32 = dict(dtype=torch.float32, device=dev)
+    # gy is laid out like v, q like k; the walk reads no tap weights (a stands in for them)
+    _launch(_mamba3_chunk_walk_kernel, "adjoint", (gy, q, a, a, resets, gfinal_t, adj, ginit), v, k, a, resets,
+            states, has_seq, HAS_INIT=gfinal is not None, REVERSE=True)
     npb = triton.cdiv(headdim, block_p(nstate))
     gv = torch.empty(v.shape, **f32)
     gq = torch.empty(npb, batch, length, heads, R, nstate, **f32)
     gk = torch.empty_like(gq)
     ga = torch.empty(npb, batch, length, heads, R, **f32)
     gg, gw = torch.empty_like(ga), torch.empty_like(ga)
-    grid = (nchunks, npb, batch * heads)
-    _mamba3_chunk_bwd_kernel[grid](
-        v, q, k, a, g, w, resets, states, adj, gy, gv, gq, gk, ga, gg, gw, *sizes, *strides,
-        *gq.stride()[:5], *ga.stride(),
-        HAS_SEQ=has_seq, Q=Q, R=R, BLOCK_P=block_p(nstate), BLOCK_N=block_n(nstate), IEEE=ieee,
-        num_warps=WARPS["bwd"], num_stages=STAGES["bwd"],
-    )
+    _launch(_mamba3_chunk_bwd_kernel, "bwd", (v, q, k, a, g, w, resets, states, adj, gy, gv, gq, gk, ga, gg, gw),
+            v, k, a, resets, states, has_seq, (*gq.stride()[:5], *ga.stride()))
     return gv, gq.sum(0), gk.sum(0), ga.sum((0, 4)), gg.sum((0, 4)), gw.sum((0, 4)), ginit
 
 

@@ -12,10 +12,9 @@ import torch
 
 from rawseq.kernels.common.triton_utils import AotVariant, aot_variant, tl_dtype_name
 from rawseq.kernels.mamba3.triton.kernels import (
-    _mamba3_chunk_adjoint_bwd_kernel,
     _mamba3_chunk_bwd_kernel,
     _mamba3_chunk_out_fwd_kernel,
-    _mamba3_chunk_state_fwd_kernel,
+    _mamba3_chunk_walk_kernel,
     _mamba3_step_kernel,
 )
 from rawseq.kernels.mamba3.triton.launch import (
@@ -61,9 +60,10 @@ def _aot_variants() -> list[AotVariant]:
         dname = tl_dtype_name(dtype) + ("-tf32" if dtype == torch.float32 and not ieee else "")
         for R in RANKS:
             Q = CHUNK_ROWS // R
-            for kind, fn in (("state", _mamba3_chunk_state_fwd_kernel), ("adjoint", _mamba3_chunk_adjoint_bwd_kernel)):
-                variants.append(_variant(f"{kind}-{dname}-R{R}-P{BLOCK_P}-N{SEQ_BLOCK_N}", fn, dtype, kind,
-                                         _DOT_POINTERS, Q=Q, R=R, BLOCK_P=BLOCK_P, BLOCK_N=SEQ_BLOCK_N, IEEE=ieee))
+            for kind, reverse in (("state", False), ("adjoint", True)):
+                variants.append(_variant(f"{kind}-{dname}-R{R}-P{BLOCK_P}-N{SEQ_BLOCK_N}", _mamba3_chunk_walk_kernel,
+                                         dtype, kind, _DOT_POINTERS, REVERSE=reverse, Q=Q, R=R, BLOCK_P=BLOCK_P,
+                                         BLOCK_N=SEQ_BLOCK_N, IEEE=ieee))
             for n in (64, MAX_NSTATE):  # every nstate up to MAX_NSTATE takes one of these two (block_n, block_p)
                 bn, bp = block_n(n), block_p(n)
                 for kind, fn in (("out", _mamba3_chunk_out_fwd_kernel), ("bwd", _mamba3_chunk_bwd_kernel)):

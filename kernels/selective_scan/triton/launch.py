@@ -1,10 +1,11 @@
-"""Launchers of the selective-scan kernels, the autograd Function and the public Triton entry points.
+"""Launchers of the selective-scan kernels and the Triton entry points.
 
 ``selective_scan_fwd`` and ``selective_scan_bwd`` are plain (no autograd) launches on the op's own arguments: the
 forward returns, beside ``y`` and the final state, the float32 state at the start of every tile that the backward
-needs, and the backward returns every input gradient in its input's dtype. ``SelectiveScanFunction`` ties them
-together; ``selective_scan_triton`` and ``selective_scan_step_triton`` are what :func:`rawseq.kernels.selective_scan`
-dispatches to. Float64 inputs are rejected with a ValueError: use the ``torch`` backend for float64.
+needs, and the backward returns every input gradient in its input's dtype. :mod:`rawseq.kernels.library` registers
+them as the ``rawseq::selective_scan`` op with its autograd, which :func:`rawseq.kernels.selective_scan` calls;
+``selective_scan_triton`` calls that op on this backend and ``selective_scan_step_triton`` is the decoding step.
+Float64 inputs are rejected with a ValueError: use the ``torch`` backend for float64.
 """
 
 from __future__ import annotations
@@ -196,34 +197,19 @@ def selective_scan_bwd(dy, dfinal, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     return tuple(None if t is None else g.to(t.dtype) for g, t in zip(grads, inputs))
 
 
-class SelectiveScanFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, dt_softplus, reverse):
-        store = any(ctx.needs_input_grad)
-        y, final, states = selective_scan_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx,
-                                              reverse, store_states=store)
-        if store:
-            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, states)
-            ctx.dt_softplus, ctx.reverse = dt_softplus, reverse
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, states = ctx.saved_tensors
-        grads = selective_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, initial_state,
-                                   seq_idx, ctx.reverse, states)
-        return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None, None)
-
-
 def selective_scan_triton(
     x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None, seq_idx=None, reverse=False
 ):
-    """Same arguments as :func:`rawseq.kernels.selective_scan`; returns ``(y, final_state)``.
+    """The registered ``selective_scan`` op (:mod:`rawseq.kernels.library`) on these kernels, differentiable,
+    without the public function's argument checks; same arguments as :func:`rawseq.kernels.selective_scan`,
+    returns ``(y, final_state)``.
 
     ``final_state`` is float32; float64 inputs raise ValueError (use the torch backend).
     """
-    return SelectiveScanFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, dt_softplus,
-                                       bool(reverse))
+    from rawseq.kernels import library
+
+    return library.selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, bool(reverse),
+                                  0, "triton")
 
 
 def selective_scan_step_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from rawseq.kernels.common.tl_chunks import chunk_block, chunk_ends, pair_decay, state_block
 from rawseq.kernels.common.tl_math import dot, grad_mul, is_finite, silu, silu_grad, softplus
 
 
@@ -72,52 +73,64 @@ def _chunk_decay(dt_ptr, seq_ptr, A_h, bias_h, c, length, t0, step, stride_dtl, 
 
 
 @triton.jit
-def _chunk_ends(cs, seg, Q: tl.constexpr):
-    """Decay of the entering state to each row (``ein``), to the chunk end (``e_end``) and of each row to the end
-    (``w_end``), each 0 where a reset lies in between."""
-    last = tl.arange(0, Q) == Q - 1
-    cs_end = tl.sum(tl.where(last, cs, 0.0), 0)
-    seg_end = tl.max(seg, 0)
-    ein = tl.where(seg == 0, tl.exp(cs), 0.0)
-    e_end = tl.where(seg_end == 0, tl.exp(cs_end), 0.0)
-    w_end = tl.where(seg == seg_end, tl.exp(cs_end - cs), 0.0)
-    return ein, e_end, w_end, last
-
-
-@triton.jit
 def _chunk_pairs(cs, seg, HAS_SEQ: tl.constexpr, Q: tl.constexpr):
     """(Q, Q) pairs ``j <= i`` in one segment, and their decay ``exp(cs_i - cs_j)`` (0 elsewhere, by selection)."""
     rows = tl.arange(0, Q)
     pair = rows[:, None] >= rows[None, :]
     if HAS_SEQ:
         pair = pair & (seg[:, None] == seg[None, :])
-    decay = tl.exp(tl.where(pair, cs[:, None] - cs[None, :], float("-inf")))
-    return pair, decay
+    return pair, pair_decay(pair, cs)
+
+
+@triton.jit
+def _head(A_ptr, bias_ptr, h, heads_per_group, HAS_DT_BIAS: tl.constexpr):
+    """Head ``h``'s B/C group, A and dt_bias (0 without one)."""
+    A_h = tl.load(A_ptr + h)
+    bias_h = tl.load(bias_ptr + h) if HAS_DT_BIAS else 0.0
+    return h // heads_per_group, A_h, bias_h
 
 
 @triton.jit
 def _state_block(A_ptr, bias_ptr, heads, heads_per_group, headdim, nstate, stride_stn, stride_stp,
                  HAS_DT_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The (nstate, headdim) block of one head's state that a sequential kernel walks through the chunks: batch,
-    head and group (int64), the head's A and dt_bias, the block's offsets and mask in ``states`` and in a dense
-    (batch, heads, headdim, nstate) tensor (the initial and final states and their gradients)."""
-    npb = tl.cdiv(headdim, BLOCK_P)
-    pid_n = tl.program_id(0) // npb
-    pid_p = tl.program_id(0) % npb
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-    g = h // heads_per_group
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < nstate
-    A_h = tl.load(A_ptr + h)
-    bias_h = tl.load(bias_ptr + h) if HAS_DT_BIAS else 0.0
-    st_offs = offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp
-    st_mask = mask_n[:, None] & mask_p[None, :]
-    dense = (b * heads + h) * headdim * nstate + offs_n[:, None] + offs_p[None, :] * nstate
+    """The block of a sequential kernel (``tl_chunks.state_block``), with the head's group, A and dt_bias."""
+    b, h, offs_p, offs_n, mask_p, mask_n, st_offs, st_mask, dense = state_block(
+        heads, headdim, nstate, stride_stn, stride_stp, BLOCK_P, BLOCK_N)
+    g, A_h, bias_h = _head(A_ptr, bias_ptr, h, heads_per_group, HAS_DT_BIAS)
     return b, h, g, offs_p, offs_n, mask_p, mask_n, A_h, bias_h, st_offs, st_mask, dense
+
+
+@triton.jit
+def _chunk_program(dt_ptr, seq_ptr, A_ptr, bias_ptr, length, heads, heads_per_group, headdim, t0, step, stride_dtb,
+                   stride_dtl, stride_dth, stride_seqb, stride_seql, HAS_DT_BIAS: tl.constexpr,
+                   DT_SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The block of a chunk-parallel kernel (``tl_chunks.chunk_block``), the head's group, and the chunk's rows and
+    decays (``_chunk_decay``)."""
+    c, pid_p, b, h, offs_p, mask_p = chunk_block(heads, headdim, BLOCK_P)
+    g, A_h, bias_h = _head(A_ptr, bias_ptr, h, heads_per_group, HAS_DT_BIAS)
+    row, dr, valid, dtv, cs, seg = _chunk_decay(dt_ptr + b * stride_dtb + h * stride_dth, seq_ptr + b * stride_seqb,
+                                                A_h, bias_h, c, length, t0, step, stride_dtl, stride_seql,
+                                                DT_SOFTPLUS, HAS_SEQ, Q)
+    return c, pid_p, b, h, g, offs_p, mask_p, row, dr, valid, dtv, cs, seg
+
+
+@triton.jit
+def _rows(row, dr, offs, stride_l, stride_c):
+    """Offsets of a chunk's (Q, BLOCK) tile: positions ``row + dr`` (``row`` the int64 memory row of the chunk's
+    first position), columns ``offs``."""
+    return row * stride_l + (dr[:, None] * stride_l + offs[None, :] * stride_c)
+
+
+@triton.jit
+def _state_tiles(B_rows, C_rows, states_ptr, adj_ptr, st_base, dr, offs_n, mask_B, mask_C, mask_np, offs_p,
+                 stride_Bl, stride_Bn, stride_Cl, stride_Cn, stride_stn, stride_stp):
+    """(Q, SUB_N) tiles of B and C and (SUB_N, BLOCK_P) blocks of the entering state and the leaving adjoint."""
+    Bt = tl.load(B_rows + (dr[:, None] * stride_Bl + offs_n[None, :] * stride_Bn), mask=mask_B, other=0.0)
+    Ct = tl.load(C_rows + (dr[:, None] * stride_Cl + offs_n[None, :] * stride_Cn), mask=mask_C, other=0.0)
+    np_offs = st_base + (offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp)
+    S0 = tl.load(states_ptr + np_offs, mask=mask_np, other=0.0)
+    Gt = tl.load(adj_ptr + np_offs, mask=mask_np, other=0.0)
+    return Bt, Ct, S0, Gt
 
 
 @triton.jit(do_not_specialize=["nchunks", "t0", "step"])
@@ -149,11 +162,11 @@ def _ssd_chunk_state_fwd_kernel(
         st_base += stride_stc
         row, dr, valid, dtv, cs, seg = _chunk_decay(dt_base, seq_base, A_h, bias_h, c, length, t0, step, stride_dtl,
                                                     stride_seql, DT_SOFTPLUS, HAS_SEQ, Q)
-        ein, e_end, w_end, last = _chunk_ends(cs, seg, Q)
-        xt = tl.load(x_base + row * stride_xl + (dr[:, None] * stride_xl + offs_p[None, :] * stride_xp),
-                     mask=valid[:, None] & mask_p[None, :], other=0.0)
-        Bt = tl.load(B_base + row * stride_Bl + (dr[:, None] * stride_Bl + offs_n[None, :] * stride_Bn),
-                     mask=valid[:, None] & mask_n[None, :], other=0.0)
+        ein, e_end, w_end, last = chunk_ends(cs, seg, Q)
+        xt = tl.load(x_base + _rows(row, dr, offs_p, stride_xl, stride_xp), mask=valid[:, None] & mask_p[None, :],
+                     other=0.0)
+        Bt = tl.load(B_base + _rows(row, dr, offs_n, stride_Bl, stride_Bn), mask=valid[:, None] & mask_n[None, :],
+                     other=0.0)
         if HAS_SEQ:
             # positions before the chunk's last reset do not reach the leaving state: select, do not multiply
             seg_end = tl.max(seg, 0)
@@ -183,33 +196,23 @@ def _ssd_chunk_out_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-    g = h // heads_per_group
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    c, pid_p, b, h, g, offs_p, mask_p, row, dr, valid, dtv, cs, seg = _chunk_program(
+        dt_ptr, seq_ptr, A_ptr, bias_ptr, length, heads, heads_per_group, headdim, t0, step, stride_dtb, stride_dtl,
+        stride_dth, stride_seqb, stride_seql, HAS_DT_BIAS, DT_SOFTPLUS, HAS_SEQ, Q, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
     mask_n = offs_n < nstate
-    A_h = tl.load(A_ptr + h)
-    bias_h = tl.load(bias_ptr + h) if HAS_DT_BIAS else 0.0
-    row, dr, valid, dtv, cs, seg = _chunk_decay(dt_ptr + b * stride_dtb + h * stride_dth, seq_ptr + b * stride_seqb,
-                                                A_h, bias_h, c, length, t0, step, stride_dtl, stride_seql,
-                                                DT_SOFTPLUS, HAS_SEQ, Q)
     rows = tl.arange(0, Q)
     mask_qp = valid[:, None] & mask_p[None, :]
     mask_qn = valid[:, None] & mask_n[None, :]
-    Ct = tl.load(C_ptr + b * stride_Cb + g * stride_Cg + row * stride_Cl
-                 + (dr[:, None] * stride_Cl + offs_n[None, :] * stride_Cn), mask=mask_qn, other=0.0)
-    Bt = tl.load(B_ptr + b * stride_Bb + g * stride_Bg + row * stride_Bl
-                 + (dr[:, None] * stride_Bl + offs_n[None, :] * stride_Bn), mask=mask_qn, other=0.0)
+    Ct = tl.load(C_ptr + b * stride_Cb + g * stride_Cg + _rows(row, dr, offs_n, stride_Cl, stride_Cn), mask=mask_qn,
+                 other=0.0)
+    Bt = tl.load(B_ptr + b * stride_Bb + g * stride_Bg + _rows(row, dr, offs_n, stride_Bl, stride_Bn), mask=mask_qn,
+                 other=0.0)
     # a masked pair (j > i, or across a reset) adds an exact 0 whatever B_j and dt_j hold: selected, not multiplied
     pair, decay = _chunk_pairs(cs, seg, HAS_SEQ, Q)
     scores = tl.where(pair, dot(Ct, tl.trans(Bt), IEEE) * decay * dtv[None, :], 0.0)  # (Q, Q)
-    xt = tl.load(x_ptr + b * stride_xb + h * stride_xh + row * stride_xl
-                 + (dr[:, None] * stride_xl + offs_p[None, :] * stride_xp), mask=mask_qp, other=0.0)
+    xt = tl.load(x_ptr + b * stride_xb + h * stride_xh + _rows(row, dr, offs_p, stride_xl, stride_xp), mask=mask_qp,
+                 other=0.0)
     # the product sees the finite x only; rows at or after the first non-finite x of a column are set to NaN
     bad = ~is_finite(xt)
     first_bad = tl.min(tl.where(bad, rows[:, None], Q), 0)
@@ -225,12 +228,12 @@ def _ssd_chunk_out_fwd_kernel(
     else:
         y += dot(Ct, S0, IEEE) * tl.exp(cs)[:, None]
     if HAS_Z:
-        zt = tl.load(z_ptr + b * stride_zb + h * stride_zh + row * stride_zl
-                     + (dr[:, None] * stride_zl + offs_p[None, :] * stride_zp), mask=mask_qp, other=0.0)
+        zt = tl.load(z_ptr + b * stride_zb + h * stride_zh + _rows(row, dr, offs_p, stride_zl, stride_zp),
+                     mask=mask_qp, other=0.0)
         y = y * silu(zt.to(tl.float32))
     y = tl.where(rows[:, None] >= first_bad[None, :], float("nan"), y)
-    tl.store(y_ptr + b * stride_yb + h * stride_yh + row * stride_yl
-             + (dr[:, None] * stride_yl + offs_p[None, :] * stride_yp), y.to(y_ptr.dtype.element_ty), mask=mask_qp)
+    tl.store(y_ptr + b * stride_yb + h * stride_yh + _rows(row, dr, offs_p, stride_yl, stride_yp),
+             y.to(y_ptr.dtype.element_ty), mask=mask_qp)
 
 
 @triton.jit(do_not_specialize=["nchunks", "t0", "step"])
@@ -265,16 +268,15 @@ def _ssd_chunk_adjoint_bwd_kernel(
         adj_base -= stride_stc
         row, dr, valid, dtv, cs, seg = _chunk_decay(dt_base, seq_base, A_h, bias_h, c, length, t0, step, stride_dtl,
                                                     stride_seql, DT_SOFTPLUS, HAS_SEQ, Q)
-        ein, e_end, w_end, last = _chunk_ends(cs, seg, Q)
+        ein, e_end, w_end, last = chunk_ends(cs, seg, Q)
         mask_qp = valid[:, None] & mask_p[None, :]
-        gyt = tl.load(gy_base + row * stride_gyl + (dr[:, None] * stride_gyl + offs_p[None, :] * stride_gyp),
-                      mask=mask_qp, other=0.0).to(tl.float32)
+        gyt = tl.load(gy_base + _rows(row, dr, offs_p, stride_gyl, stride_gyp), mask=mask_qp, other=0.0)
+        gyt = gyt.to(tl.float32)
         if HAS_Z:
-            zt = tl.load(z_base + row * stride_zl + (dr[:, None] * stride_zl + offs_p[None, :] * stride_zp),
-                         mask=mask_qp, other=0.0).to(tl.float32)
-            gyt = grad_mul(gyt, silu(zt))
-        Ct = tl.load(C_base + row * stride_Cl + (dr[:, None] * stride_Cl + offs_n[None, :] * stride_Cn),
-                     mask=valid[:, None] & mask_n[None, :], other=0.0)
+            zt = tl.load(z_base + _rows(row, dr, offs_p, stride_zl, stride_zp), mask=mask_qp, other=0.0)
+            gyt = grad_mul(gyt, silu(zt.to(tl.float32)))
+        Ct = tl.load(C_base + _rows(row, dr, offs_n, stride_Cl, stride_Cn), mask=valid[:, None] & mask_n[None, :],
+                     other=0.0)
         gye = grad_mul(gyt, ein[:, None]).to(Ct.dtype)
         live = tl.max(tl.where(gye != 0.0, 1, 0), 1) > 0  # rows whose C meets a nonzero gradient
         Ct = tl.where(live[:, None], Ct, 0.0)
@@ -304,28 +306,18 @@ def _ssd_chunk_bwd_kernel(
 ):
     # nstate is walked in blocks of SUB_N twice (products over nstate, then the (Q, nstate) gradients) so that only
     # (Q, SUB_N) and (SUB_N, BLOCK_P) tiles of B, C, the state and its adjoint are live at a time
-    c = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-    g = h // heads_per_group
+    c, pid_p, b, h, g, offs_p, mask_p, row, dr, valid, dtv, cs, seg = _chunk_program(
+        dt_ptr, seq_ptr, A_ptr, bias_ptr, length, heads, heads_per_group, headdim, t0, step, stride_dtb, stride_dtl,
+        stride_dth, stride_seqb, stride_seql, HAS_DT_BIAS, DT_SOFTPLUS, HAS_SEQ, Q, BLOCK_P)
     k = pid_p.to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < headdim
-    A_h = tl.load(A_ptr + h)
-    bias_h = tl.load(bias_ptr + h) if HAS_DT_BIAS else 0.0
-    row, dr, valid, dtv, cs, seg = _chunk_decay(dt_ptr + b * stride_dtb + h * stride_dth, seq_ptr + b * stride_seqb,
-                                                A_h, bias_h, c, length, t0, step, stride_dtl, stride_seql,
-                                                DT_SOFTPLUS, HAS_SEQ, Q)
-    ein, e_end, w_end, last = _chunk_ends(cs, seg, Q)
+    ein, e_end, w_end, last = chunk_ends(cs, seg, Q)
     rows = tl.arange(0, Q)
     mask_qp = valid[:, None] & mask_p[None, :]
     B_rows = B_ptr + b * stride_Bb + g * stride_Bg + row * stride_Bl
     C_rows = C_ptr + b * stride_Cb + g * stride_Cg + row * stride_Cl
     st_base = b * stride_stb + h * stride_sth + c.to(tl.int64) * stride_stc
-    xt = tl.load(x_ptr + b * stride_xb + h * stride_xh + row * stride_xl
-                 + (dr[:, None] * stride_xl + offs_p[None, :] * stride_xp), mask=mask_qp, other=0.0)
+    xt = tl.load(x_ptr + b * stride_xb + h * stride_xh + _rows(row, dr, offs_p, stride_xl, stride_xp), mask=mask_qp,
+                 other=0.0)
     CB = tl.zeros([Q, Q], dtype=tl.float32)
     CS = tl.zeros([Q, BLOCK_P], dtype=tl.float32)  # C_i S0^T: the entering state read by each row, before its decay
     BG = tl.zeros([Q, BLOCK_P], dtype=tl.float32)  # B_j G^T with G = dL/dS leaving the chunk
@@ -334,13 +326,10 @@ def _ssd_chunk_bwd_kernel(
     for nb in range(0, BLOCK_N // SUB_N):
         offs_n = nb * SUB_N + tl.arange(0, SUB_N)
         mask_n = offs_n < nstate
-        Bt = tl.load(B_rows + (dr[:, None] * stride_Bl + offs_n[None, :] * stride_Bn),
-                     mask=valid[:, None] & mask_n[None, :], other=0.0)
-        Ct = tl.load(C_rows + (dr[:, None] * stride_Cl + offs_n[None, :] * stride_Cn),
-                     mask=valid[:, None] & mask_n[None, :], other=0.0)
-        np_offs = st_base + (offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp)
-        S0 = tl.load(states_ptr + np_offs, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-        Gt = tl.load(adj_ptr + np_offs, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+        mask_qn = valid[:, None] & mask_n[None, :]
+        Bt, Ct, S0, Gt = _state_tiles(B_rows, C_rows, states_ptr, adj_ptr, st_base, dr, offs_n, mask_qn, mask_qn,
+                                      mask_n[:, None] & mask_p[None, :], offs_p, stride_Bl, stride_Bn, stride_Cl,
+                                      stride_Cn, stride_stn, stride_stp)
         CB += dot(Ct, tl.trans(Bt), IEEE)
         CS += dot(Ct, S0, IEEE)
         BG += dot(Bt, Gt, IEEE)
@@ -351,8 +340,8 @@ def _ssd_chunk_bwd_kernel(
     G_live = G_nonzero > 0
     xf = xt.to(tl.float32)
     xBG = tl.where(G_live, tl.sum(xf * BG, 1), 0.0)
-    gyt = tl.load(gy_ptr + b * stride_gyb + h * stride_gyh + row * stride_gyl
-                  + (dr[:, None] * stride_gyl + offs_p[None, :] * stride_gyp), mask=mask_qp, other=0.0).to(tl.float32)
+    gyt = tl.load(gy_ptr + b * stride_gyb + h * stride_gyh + _rows(row, dr, offs_p, stride_gyl, stride_gyp),
+                  mask=mask_qp, other=0.0).to(tl.float32)
     # rows that meet a nonzero output gradient, and the columns (positions j) some such row i >= j reads
     live = tl.max(tl.where(gyt != 0.0, 1, 0), 1) > 0
     col_live = rows <= tl.max(tl.where(live, rows, -1), 0)
@@ -362,9 +351,8 @@ def _ssd_chunk_bwd_kernel(
     gx_base = b * stride_gxb + h * stride_gxh + row * stride_gxl
     gx_loc = dr[:, None] * stride_gxl + offs_p[None, :] * stride_gxp
     if HAS_Z:
-        zt = tl.load(z_ptr + b * stride_zb + h * stride_zh + row * stride_zl
-                     + (dr[:, None] * stride_zl + offs_p[None, :] * stride_zp), mask=mask_qp, other=0.0)
-        zt = zt.to(tl.float32)
+        zt = tl.load(z_ptr + b * stride_zb + h * stride_zh + _rows(row, dr, offs_p, stride_zl, stride_zp),
+                     mask=mask_qp, other=0.0).to(tl.float32)
         xdt = tl.where(col_live[:, None], xf * dtv[:, None], 0.0).to(xt.dtype)
         y = dot(K.to(xt.dtype), xdt, IEEE) + CS * ein[:, None]
         if HAS_D:
@@ -402,13 +390,10 @@ def _ssd_chunk_bwd_kernel(
         mask_n = offs_n < nstate
         mask_qn = valid[:, None] & mask_n[None, :]
         # B_j meets dCB only in columns some live row reads, C_i only in live rows
-        Bt = tl.load(B_rows + (dr[:, None] * stride_Bl + offs_n[None, :] * stride_Bn),
-                     mask=mask_qn & col_live[:, None], other=0.0)
-        Ct = tl.load(C_rows + (dr[:, None] * stride_Cl + offs_n[None, :] * stride_Cn),
-                     mask=mask_qn & live[:, None], other=0.0)
-        np_offs = st_base + (offs_n[:, None] * stride_stn + offs_p[None, :] * stride_stp)
-        S0 = tl.load(states_ptr + np_offs, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-        Gt = tl.load(adj_ptr + np_offs, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+        Bt, Ct, S0, Gt = _state_tiles(B_rows, C_rows, states_ptr, adj_ptr, st_base, dr, offs_n,
+                                      mask_qn & col_live[:, None], mask_qn & live[:, None],
+                                      mask_n[:, None] & mask_p[None, :], offs_p, stride_Bl, stride_Bn, stride_Cl,
+                                      stride_Cn, stride_stn, stride_stp)
         gB_loc = dr[:, None] * stride_gBl + offs_n[None, :]
         gC = dot(dCB, Bt, IEEE) + dot(gye, tl.trans(S0), IEEE)
         tl.store(gC_ptr + gB_base + gB_loc, gC.to(gC_ptr.dtype.element_ty), mask=mask_qn)

@@ -1,9 +1,10 @@
-"""Launchers of the SSD kernels, the autograd Function and the public Triton entry points.
+"""Launchers of the SSD kernels and the Triton entry points.
 
 ``ssd_fwd`` and ``ssd_bwd`` are plain (no autograd) launches on the op's own arguments: the forward returns the
 chunk-entering ``states`` the backward needs beside ``y`` and the final state, and the backward returns every input
-gradient in its input's dtype. ``SSDFunction`` ties them together; ``ssd_triton`` and ``ssd_step_triton`` are what
-:func:`rawseq.kernels.ssd.ssd` dispatches to.
+gradient in its input's dtype. :mod:`rawseq.kernels.library` registers them as the ``rawseq::ssd`` op with its
+autograd, which :func:`rawseq.kernels.ssd.ssd` calls; ``ssd_triton`` calls that op on this backend and
+``ssd_step_triton`` is the decoding step.
 
 ``chunk_size`` is accepted for the common signature and ignored (always ``CHUNK = 64``, the chunk that keeps the
 (Q, Q) and (Q, nstate) tiles in registers at nstate 128), so results do not depend on it at all. Nothing of size
@@ -216,30 +217,19 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, dtypes))
 
 
-class SSDFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, reverse):
-        y, final, states = ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, reverse)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, states)
-        ctx.dt_softplus, ctx.reverse = dt_softplus, reverse
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, states = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = ssd_bwd(
-            dy, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, initial_state, seq_idx, ctx.reverse, states)
-        return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, None, dinit, None, None
-
-
 def ssd_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None, seq_idx=None,
                reverse=False, chunk_size=256):
-    """Triton SSD, differentiable; same arguments as :func:`rawseq.kernels.ssd.ssd`, returns ``(y, final_state)``.
+    """The registered ``ssd`` op (:mod:`rawseq.kernels.library`) on these kernels, differentiable, without the
+    public function's argument checks; same arguments as :func:`rawseq.kernels.ssd.ssd`, returns
+    ``(y, final_state)``.
 
     ``chunk_size`` is ignored (the kernels use chunks of 64); ``reverse`` reads the rows backwards in the kernels.
     float16, bfloat16 and float32 inputs; states and accumulation in float32; nstate up to 256.
     """
-    return SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, reverse)
+    from rawseq.kernels import library
+
+    return library.ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seq_idx, bool(reverse), chunk_size,
+                       "triton")
 
 
 def ssd_step_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):

@@ -7,6 +7,7 @@ Outputs, the four final-state tensors and every gradient are compared with ``mam
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,14 +21,14 @@ pytest.importorskip("triton")
 
 # tests/kernels/conftest.py puts the shared cases on sys.path and patches the interpreter
 from _mamba3_cases import (  # noqa: E402
-    PER_POSITION,
     assert_close,
     assert_states_close,
     compare_with_naive,
     make_inputs,
+    step_through,
 )
 
-from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step  # noqa: E402
+from rawseq.kernels.mamba3 import mamba3, mamba3_step  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -79,13 +80,7 @@ def test_triton_with_angles_shared_by_heads():
 
 
 def _step_through(inputs, backend, l):
-    state = Mamba3State(*(t.clone() for t in inputs["initial_state"]))
-    ys = []
-    for t in range(l):
-        inputs_t = {k: (v[:, t] if k in PER_POSITION and v is not None and v.dim() >= 3 else v)
-                    for k, v in inputs.items() if k != "initial_state"}
-        ys.append(mamba3_step(state, **inputs_t, backend=backend))
-    return torch.stack(ys, 1), state
+    return step_through(inputs, functools.partial(mamba3_step, backend=backend), l)
 
 
 @pytest.mark.parametrize("rank, n_angles, groups, headdim, shared", [
