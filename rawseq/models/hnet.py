@@ -454,11 +454,11 @@ class HNet(PretrainedModel):
         """Advance every stream by one symbol: input_ids (b,) -> logits (b, vocab); ``states`` change in place."""
         return self._logits(self.stage.step(self.embed(input_ids), states))
 
-    def generate(self, prompts, max_new_bytes: int = 256, **kwargs):
+    def generate(self, prompts, max_new_bytes: int | None = None, **kwargs):
         """Sample continuations; see :func:`rawseq.generation.generate` for the arguments."""
         from rawseq.generation import generate
 
-        return generate(self, prompts, max_new_bytes=max_new_bytes, **kwargs)
+        return generate(self, prompts, max_new_bytes, **kwargs)
 
 
 register(HNetConfig, HNet)
