@@ -256,12 +256,10 @@ def _decode(model, logits, states, steps, batch, sampling, *, banned, seen, pena
     with tqdm(total=steps, disable=not progress, unit="symbol", dynamic_ncols=True, leave=False) as bar:
         for t in range(steps):
             # NaN or +inf anywhere, or a row that is -inf everywhere, leaves nothing meaningful to draw (-inf alone is
-            # a probability of zero, which a model may give on purpose).
-            bad = (logits.isnan() | logits.isposinf()).any(-1) | logits.isneginf().all(-1)
-            bad &= torch.tensor([not d for d in done], device=logits.device)
-            if bool(bad.any()):
-                raise NonFiniteLogitsError(f"the model produced non-finite logits (row {int(bad.nonzero()[0])}, after "
-                                           f"{t} new symbols); its weights or computation hold NaN or infinity")
+            # a probability of zero, which a model may give on purpose). A row's maximum is finite exactly when none
+            # of these holds (the maximum propagates NaN), so one reduction screens every row.
+            if not bool(logits.amax(-1).isfinite().all()):
+                _check_finite(logits, done, t)
             if seen is not None:
                 logits = penalize_repetition(logits, seen, penalty)
             if banned is not None:
@@ -291,6 +289,15 @@ def _decode(model, logits, states, steps, batch, sampling, *, banned, seen, pena
                 seen[torch.arange(len(values), device=seen.device), ids] = True
             logits = model.step(ids, states)
     return outputs
+
+
+def _check_finite(logits: torch.Tensor, done: list[bool], t: int) -> None:
+    """Raise NonFiniteLogitsError if a live row of logits (b, vocab) holds NaN or +inf, or is -inf everywhere."""
+    bad = (logits.isnan() | logits.isposinf()).any(-1) | logits.isneginf().all(-1)
+    bad &= torch.tensor([not d for d in done], device=logits.device)
+    if bool(bad.any()):
+        raise NonFiniteLogitsError(f"the model produced non-finite logits (row {int(bad.nonzero()[0])}, after "
+                                   f"{t} new symbols); its weights or computation hold NaN or infinity")
 
 
 def _to_bytes(ids: list[int]) -> bytes:

@@ -80,17 +80,22 @@ def causal_conv1d_step(
     bias: torch.Tensor | None = None,
     activation: str | None = None,
     backend: str = "auto",
+    check: bool = True,
 ) -> torch.Tensor:
     """Advance decoding streams by one input, shifting ``state`` (batch, channels, width - 1) in place.
 
     Args:
         state: (batch, channels, width - 1) the previous inputs, modified in place.
         x: (batch, channels). weight: (channels, width). bias: (channels,) or None.
+        check: check the arguments (shapes, dtypes, devices). A caller that builds them itself, such as a layer's
+            decoding step, may pass False to save the checks' time on CPU tensors; CUDA tensors are always checked.
 
     Returns:
         y: (batch, channels) in ``x.dtype``.
     """
-    sizes, device = _STEP_ARGS.check(state, x, weight, bias)
-    if sizes[_WINDOW] != sizes[_WIDTH] - 1 or activation not in _ACTIVATIONS:
-        _check_window(_STEP_ARGS, sizes, "state", state, activation)
+    device = x.device
+    if check or device.type != "cpu":
+        sizes, device = _STEP_ARGS.check(state, x, weight, bias)
+        if sizes[_WINDOW] != sizes[_WIDTH] - 1 or activation not in _ACTIVATIONS:
+            _check_window(_STEP_ARGS, sizes, "state", state, activation)
     return step_function("causal_conv1d", backend, device, x.dtype, _STEPS)(state, x, weight, bias, activation)

@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import torch
 
-from rawseq.kernels.common import check_same_device, check_tensor, resolve_backend
+from rawseq.kernels.common import check_same_device, check_tensor, resolve_backend, step_function
 from rawseq.kernels.common.checks import INT_DTYPES, check_divisible
+from rawseq.kernels.mamba3.chunked import mamba3_step_torch
 from rawseq.kernels.mamba3.naive import Mamba3State, mamba3_naive, mamba3_step_naive
 
 __all__ = ["Mamba3State", "mamba3", "mamba3_step"]
 
 _BACKENDS = ("naive", "torch", "triton")
+_STEPS = {"naive": mamba3_step_naive, "torch": mamba3_step_torch}
 _STATE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -226,6 +228,7 @@ def mamba3_step(
     mimo_z: torch.Tensor | None = None,
     mimo_o: torch.Tensor | None = None,
     backend: str = "auto",
+    check: bool = True,
 ) -> torch.Tensor:
     """Advance a batch of decoding streams by one position, updating every tensor of ``state`` in place.
 
@@ -234,40 +237,36 @@ def mamba3_step(
         x, z: (batch, heads, headdim). dt, lam: (batch, heads). A: (heads,) or (batch, heads).
         B, C: (batch, groups, nstate) or (batch, groups, rank, nstate). angle: (batch, heads or 1, n_angles).
         D, dt_bias, B_bias, C_bias, mimo_*: as in :func:`mamba3`.
+        check: check the arguments (shapes, dtypes, devices, finite non-negative ``dt``). A caller that builds them
+            itself, such as a layer's decoding step, may pass False to save the checks' time on CPU tensors; CUDA
+            tensors are always checked.
 
     Returns:
         y: (batch, heads, headdim) in ``x.dtype``.
     """
-    check_tensor("x", x, (None, None, None), "batch, heads, headdim")
-    batch, heads, headdim = x.shape
-    check_tensor("dt", dt, (batch, heads), "batch, heads")
-    if isinstance(A, torch.Tensor) and A.dim() == 1:
-        check_tensor("A", A, (heads,), "heads")
-    else:
-        check_tensor("A", A, (batch, heads), "heads or batch, heads")
-    check_tensor("lam", lam, (batch, heads), "batch, heads")
-    groups, rank, nstate, n_angles = _check_rank_inputs(B, C, heads, headdim, (batch,), B_bias, C_bias, mimo_x,
-                                                        mimo_z, mimo_o, angle)
-    check_tensor("D", D, (heads,), "heads", optional=True)
-    check_tensor("z", z, (batch, heads, headdim), "batch, heads, headdim", optional=True)
-    check_tensor("dt_bias", dt_bias, (heads,), "heads", optional=True)
-    if state is None:
-        raise ValueError("state is required: a Mamba3State, see mamba3_step's docstring")
-    _check_state("state", state, batch, heads, headdim, nstate, rank, n_angles, _STATE_DTYPES)
-    if len({t.dtype for t in state}) != 1:
-        raise ValueError(f"state tensors must share one dtype, got {[t.dtype for t in state]}")
-    device = check_same_device(state=state[0], x=x, dt=dt, A=A, B=B, C=C, lam=lam, angle=angle, D=D, z=z,
-                               dt_bias=dt_bias, B_bias=B_bias, C_bias=C_bias, mimo_x=mimo_x, mimo_z=mimo_z,
-                               mimo_o=mimo_o)
-    _check_dt(dt, dt_softplus)
-    backend = resolve_backend(backend, device, op="mamba3_step", available=_BACKENDS, dtype=x.dtype)
-    args = (state, x, dt, A, B, C, lam, angle, D, z, dt_bias, dt_softplus, B_bias, C_bias, mimo_x, mimo_z, mimo_o)
-    if backend == "naive":
-        return mamba3_step_naive(*args)
-    if backend == "triton":
-        from rawseq.kernels.mamba3.triton import mamba3_step_triton
-
-        return mamba3_step_triton(*args)
-    from rawseq.kernels.mamba3.chunked import mamba3_step_torch
-
-    return mamba3_step_torch(*args)
+    device = x.device
+    if check or device.type != "cpu":
+        check_tensor("x", x, (None, None, None), "batch, heads, headdim")
+        batch, heads, headdim = x.shape
+        check_tensor("dt", dt, (batch, heads), "batch, heads")
+        if isinstance(A, torch.Tensor) and A.dim() == 1:
+            check_tensor("A", A, (heads,), "heads")
+        else:
+            check_tensor("A", A, (batch, heads), "heads or batch, heads")
+        check_tensor("lam", lam, (batch, heads), "batch, heads")
+        groups, rank, nstate, n_angles = _check_rank_inputs(B, C, heads, headdim, (batch,), B_bias, C_bias, mimo_x,
+                                                            mimo_z, mimo_o, angle)
+        check_tensor("D", D, (heads,), "heads", optional=True)
+        check_tensor("z", z, (batch, heads, headdim), "batch, heads, headdim", optional=True)
+        check_tensor("dt_bias", dt_bias, (heads,), "heads", optional=True)
+        if state is None:
+            raise ValueError("state is required: a Mamba3State, see mamba3_step's docstring")
+        _check_state("state", state, batch, heads, headdim, nstate, rank, n_angles, _STATE_DTYPES)
+        if len({t.dtype for t in state}) != 1:
+            raise ValueError(f"state tensors must share one dtype, got {[t.dtype for t in state]}")
+        device = check_same_device(state=state[0], x=x, dt=dt, A=A, B=B, C=C, lam=lam, angle=angle, D=D, z=z,
+                                   dt_bias=dt_bias, B_bias=B_bias, C_bias=C_bias, mimo_x=mimo_x, mimo_z=mimo_z,
+                                   mimo_o=mimo_o)
+        _check_dt(dt, dt_softplus)
+    step = step_function("mamba3", backend, device, x.dtype, _STEPS)
+    return step(state, x, dt, A, B, C, lam, angle, D, z, dt_bias, dt_softplus, B_bias, C_bias, mimo_x, mimo_z, mimo_o)

@@ -120,7 +120,7 @@ class SSMMixer(Mixer):
         """One position of the convolution and SiLU: (b, conv_dim) -> (b, conv_dim); the window shifts in place."""
         params = self._parameters
         return causal_conv1d_step(state["conv"], x, params["conv_weight"], params.get("conv_bias"), "silu",
-                                  backend=self.backend)
+                                  backend=self.backend, check=False)
 
     def _decay(self) -> torch.Tensor:
         """``-exp(A_log)`` in float32. Kept between decoding steps while ``A_log`` is unchanged (its in-place version

@@ -191,3 +191,14 @@ def test_torch_step_matches_the_naive_step(dtype, bias, activation):
         assert y.dtype == y_ref.dtype == dtype
         assert_close(y.float(), y_ref.float(), dtype, "y")
         assert_close(state.float(), ref_state.float(), torch.float32, "state")
+
+
+def test_unchecked_step_is_the_checked_step():
+    """``check=False`` (what the layers pass) skips only the argument checks: the same outputs and windows."""
+    state, weight, bias = torch.randn(2, 8, 3), torch.randn(8, 4), torch.randn(8)
+    unchecked = state.clone()
+    for _ in range(3):
+        x = torch.randn(2, 8)
+        assert torch.equal(causal_conv1d_step(state, x, weight, bias, "silu"),
+                           causal_conv1d_step(unchecked, x, weight, bias, "silu", check=False))
+        assert torch.equal(state, unchecked)

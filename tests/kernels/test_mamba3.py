@@ -6,6 +6,7 @@ angle, D, z, dt_bias, the B/C biases, the MIMO weights and the initial state) th
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -168,6 +169,16 @@ def test_fast_step_matches_naive_step(rank, n_angles):
                                              dtype=FP64), mamba3_step_naive, l)
     assert_close(y_fast, y_ref, FP32, "y")
     assert_states_close(s_fast, s_ref, FP32, "state")
+
+
+def test_unchecked_step_is_the_checked_step():
+    """``check=False`` (what the layer passes) skips only the checks: the same outputs and states, bit for bit."""
+    l = 5
+    inputs = make_inputs(2, l, 4, 16, 8, g=2, rank=2)
+    y, state = step_through(inputs, mamba3_step, l)
+    y_unchecked, state_unchecked = step_through(inputs, functools.partial(mamba3_step, check=False), l)
+    assert torch.equal(y, y_unchecked)
+    assert all(torch.equal(a, b) for a, b in zip(state, state_unchecked))
 
 
 def test_empty_sequence_returns_initial_state():

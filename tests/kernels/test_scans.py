@@ -12,6 +12,8 @@ from _scan_cases import SELECTIVE_SCAN, SSD, TOL, assert_close, compare_with_ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rawseq.kernels import selective_scan_step, ssd_step
+
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
 
 
@@ -277,3 +279,16 @@ def test_torch_step_matches_the_naive_step(op, groups, extras, dtype):
         assert y.dtype == y_ref.dtype == dtype
         assert_close(y, y_ref.float(), dtype, f"y at step {t}")
         assert_close(state, ref_state, FP32, f"state at step {t}")
+
+
+@pytest.mark.parametrize("op", [SELECTIVE_SCAN, SSD], ids=["sscan", "ssd"])
+def test_unchecked_step_is_the_checked_step(op):
+    """``check=False`` (what the layers pass) skips only the argument checks: the same outputs and states."""
+    inputs = op.inputs(2, 3, _width(op, 8), 4, 2, D=True, z=True, bias=True)
+    fn = selective_scan_step if op is SELECTIVE_SCAN else ssd_step
+    state, unchecked = inputs["initial_state"].clone(), inputs["initial_state"].clone()
+    for t in range(3):
+        inputs_t = {k: (v[:, t] if k in {"x", "dt", "B", "C", "z"} else v) for k, v in inputs.items()
+                    if k != "initial_state"}
+        assert torch.equal(fn(state, **inputs_t), fn(unchecked, **inputs_t, check=False))
+        assert torch.equal(state, unchecked)
