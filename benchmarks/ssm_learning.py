@@ -37,6 +37,9 @@ MODELS = {
     "mamba2-n64": ("mamba2", 64, {"headdim": 32}),
     "mamba3-n32": ("mamba3", 32, {"headdim": 32}),
     "mamba3-n64": ("mamba3", 64, {"headdim": 32}),
+    "mamba3-n32-outnorm": ("mamba3", 32, {"headdim": 32, "outproj_norm": True}),
+    "mamba3-n32-Abias": ("mamba3", 32, {"headdim": 32, "A_bias": True}),
+    "mamba3-n32-outnorm-Abias": ("mamba3", 32, {"headdim": 32, "outproj_norm": True, "A_bias": True}),
 }
 
 
@@ -86,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="stdlib", choices=("stdlib", "docs"))
     p.add_argument("--models", default="mamba1-n16,mamba2-n64,mamba3-n32", help=f"comma-separated: {list(MODELS)}")
-    p.add_argument("--width", type=int, default=128, help="width of the first model; the others match its size")
+    p.add_argument("--width", type=int, default=128, help="width of the --match model; the others match its size")
+    p.add_argument("--match", default=None, help="the model whose size at --width the others match (default: the "
+                   "first of --models; it need not be trained)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=8)
@@ -102,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     corpus = ByteCorpus.build(corpus_files(args.corpus, args.corpus_bytes), work / "cache")
     print(f"corpus {args.corpus}: {corpus.num_docs} documents, {corpus.num_symbols:,} bytes; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads")
-    ssm0, n0, extra0 = MODELS[names[0]]
+    match = args.match or names[0]
+    ssm0, n0, extra0 = MODELS[match]
     target = params_of(ssm0, n0, args.width, args.layers, extra0)
     rows, curves = [], {}
     for name in names:
         ssm, d_state, extra = MODELS[name]
-        width = args.width if name == names[0] else matched_width(ssm, d_state, target, args.layers, extra)
+        width = args.width if name == match else matched_width(ssm, d_state, target, args.layers, extra)
         overrides = [f"--out_dir={work / name}", f"--steps={args.steps}", f"--batch_size={args.batch_size}",
                      f"--seq_len={args.seq_len}", f"--lr={args.lr}", f"--eval_every={args.eval_every}",
                      "--eval_batches=0", "--checkpoint_every=100000", f"--seed={args.seed}", "--progress=false",

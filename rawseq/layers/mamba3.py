@@ -3,10 +3,14 @@
     z, x, B, C, dt, a, lam, w = in_proj(u)     (b, l, d_model) -> (b, l, d_inner) x 2, (b, l, g R n) x 2,
                                                 (b, l, h) x 2 (x 3 with data-dependent A), (b, l, n_angles)
     B, C    = RMSNorm(B) + B_bias, RMSNorm(C) + C_bias      over nstate; per-head (and rank) biases start at 1
-    A       = -max(f(a), A_floor)              f(a) = 1 + a for a >= 0, 1 / (1 - a) below (or -exp(A_log) per head)
+    A       = -max(f(a), A_floor)              f(a) = 1 + a for a >= 0, 1 / (1 - a) below (or -exp(A_log) per head);
+                                               with ``A_bias`` a learned per-head offset is added to a first
     angle   = pi * tanh(w)                     rotation rates shared by the heads; the op advances by dt * angle
     y       = mamba3(x, dt, A, B, C, lam, angle, D, z, dt_bias[, mimo_x, mimo_z, mimo_o])
     out     = out_proj(y)
+    or with ``outproj_norm``:
+    y       = mamba3(x, dt, A, B, C, lam, angle, D, None, dt_bias[, mimo_x, mimo_o])
+    out     = out_proj(RMSNorm_per_head(y) * silu(z))
 
 ``rawseq.kernels.mamba3`` holds the recurrence; this file holds the parameters. ``in_proj`` lays its outputs out as
 (z, x, B, C, dt, A, lam, angle), as the reference does; the A slice is absent with a per-head A.
@@ -18,12 +22,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
 from rawseq.layers._init import inverse_softplus_dt
 from rawseq.layers.mixer import Mixer
+from rawseq.layers.norm import GatedRMSNorm
 
 
 def decay_rate(a: torch.Tensor, floor: float) -> torch.Tensor:
@@ -51,10 +55,11 @@ class Mamba3(Mixer):
         *,
         d_state: int = 64, expand: int = 2, headdim: int = 64, n_groups: int = 1, mimo_rank: int | None = None,
         rope_fraction: float = 0.5,
-        data_dependent_A: bool = True, A_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0),
+        data_dependent_A: bool = True, A_bias: bool = False, A_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
         dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
-        bc_norm: bool = True, norm_eps: float = 1e-5, chunk_size: int | None = None, bias: bool = False,
-        backend: str = "auto", device=None, dtype=None,
+        bc_norm: bool = True, outproj_norm: bool = False, norm_eps: float = 1e-5, chunk_size: int | None = None,
+        bias: bool = False, backend: str = "auto", device=None, dtype=None,
     ):
         super().__init__()
         self._set_sizes(d_model, d_state, expand, headdim, n_groups)
@@ -68,6 +73,9 @@ class Mamba3(Mixer):
                              f"(rope_fraction={rope_fraction}); use an even d_state or rope_fraction=0")
         if A_floor < 0:
             raise ValueError(f"A_floor={A_floor} must be >= 0")
+        if A_bias and not data_dependent_A:
+            raise ValueError("A_bias=True offsets the data-dependent A: it needs data_dependent_A=True (a per-head A "
+                             "has its own per-head value, A_log)")
         self.mimo_rank = mimo_rank
         self.rank = 1 if mimo_rank is None else mimo_rank
         self.data_dependent_A = data_dependent_A
@@ -82,6 +90,8 @@ class Mamba3(Mixer):
         self.in_proj = nn.Linear(d_model, sum(self._splits), bias=bias, **kw)
         self.dt_bias = nn.Parameter(torch.empty(h, **kw))
         self.A_log = None if data_dependent_A else nn.Parameter(torch.empty(h, **kw))
+        # a per-head offset of the data-dependent A's input, so that the heads start with different decay rates
+        self.A_bias = nn.Parameter(torch.empty(h, **kw)) if data_dependent_A and A_bias else None
         self.D = nn.Parameter(torch.ones(h, **kw))
         # the biases of B (row 0) and C (row 1) per head (and rank); adding them here gives the op per-head B and C
         self.bc_bias = nn.Parameter(torch.ones((2, h, n) if mimo_rank is None else (2, h, R, n), **kw))
@@ -92,22 +102,29 @@ class Mamba3(Mixer):
         if mimo_rank is not None:
             # x and the output start as averages over the ranks, the gate as the plain gate
             self.mimo_x = nn.Parameter(torch.full((h, R, headdim), 1.0 / R, **kw))
-            self.mimo_z = nn.Parameter(torch.ones(h, R, headdim, **kw))
+            if not outproj_norm:  # with the output norm the gate is applied after the op, once per channel
+                self.mimo_z = nn.Parameter(torch.ones(h, R, headdim, **kw))
             self.mimo_o = nn.Parameter(torch.full((h, R, headdim), 1.0 / R, **kw))
+        # RMSNorm of each head's output before the gate (the gate then stays out of the op)
+        self.norm = GatedRMSNorm(self.d_inner, group_size=headdim, eps=norm_eps, norm_before_gate=True,
+                                 **kw) if outproj_norm else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **kw)
 
         with torch.no_grad():
             self.dt_bias.copy_(
                 inverse_softplus_dt(h, dt_min=dt_min, dt_max=dt_max, dt_floor=dt_init_floor, device=device)
             )
+            lo, hi = A_init_range
+            if (self.A_log is not None or self.A_bias is not None) and not 0 < lo <= hi:
+                raise ValueError(f"A_init_range={A_init_range} must satisfy 0 < low <= high")
+            magnitude = torch.empty(h, dtype=torch.float32, device=device).uniform_(lo, hi)  # |A| per head
             if self.A_log is not None:
-                lo, hi = A_init_range
-                if not 0 < lo <= hi:
-                    raise ValueError(f"A_init_range={A_init_range} must satisfy 0 < low <= high")
-                self.A_log.copy_(torch.log(torch.empty(h, dtype=torch.float32, device=device).uniform_(lo, hi)))
+                self.A_log.copy_(torch.log(magnitude))
+            if self.A_bias is not None:  # decay_rate's inverse at an input of 0 from the projection
+                self.A_bias.copy_(torch.where(magnitude >= 1, magnitude - 1, 1 - 1 / magnitude))
         # per-channel scales and biases; bc_norm_weight and the MIMO weights are matrices only by layout
-        for p in (self.dt_bias, self.A_log, self.D, self.bc_bias, self.bc_norm_weight, self.mimo_x, self.mimo_z,
-                  self.mimo_o):
+        for p in (self.dt_bias, self.A_log, self.A_bias, self.D, self.bc_bias, self.bc_norm_weight, self.mimo_x,
+                  self.mimo_z, self.mimo_o):
             if p is not None:
                 p._no_weight_decay = True
 
@@ -137,7 +154,8 @@ class Mamba3(Mixer):
         x = x.unflatten(-1, (self.nheads, self.headdim))
         B, C = self._bc(bc)
         if self.data_dependent_A:
-            A = decay_rate(_float(rest[0]), self.A_floor)
+            a = _float(rest[0]) if self.A_bias is None else _float(rest[0]) + _float(self.A_bias)
+            A = decay_rate(a, self.A_floor)
         else:
             A = -torch.exp(_float(self.A_log))
         lam, w = rest[-2], rest[-1]
@@ -165,6 +183,14 @@ class Mamba3(Mixer):
     def _params(self):
         return dict(D=self.D, dt_bias=self.dt_bias, mimo_x=self.mimo_x, mimo_z=self.mimo_z, mimo_o=self.mimo_o)
 
+    def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The op's output y and the gate z (.., h, p) -> (.., d_model): gated inside the op, or here after the
+        per-head norm."""
+        y = y.flatten(-2)
+        if self.norm is not None:
+            y = self.norm(y, z.flatten(-2))
+        return self.out_proj(y)
+
     def _mix(self, hidden, seq_idx, initial_state, return_state):
         """(b, l, d_model) -> (b, l, d_model) and the final state; the state (SSM, previous input, angle) restarts
         where ``seq_idx`` changes."""
@@ -173,16 +199,16 @@ class Mamba3(Mixer):
         if initial_state is not None:
             init = Mamba3State(initial_state["ssm"], initial_state["angle"], initial_state["B"], initial_state["x"])
         y, final = mamba3(
-            x, dt, A, B, C, lam, angle, z=z, **self._params(), initial_state=init, return_final_state=True,
-            seq_idx=seq_idx, chunk_size=self._chunk_size(hidden), backend=self.backend,
+            x, dt, A, B, C, lam, angle, z=None if self.norm is not None else z, **self._params(), initial_state=init,
+            return_final_state=True, seq_idx=seq_idx, chunk_size=self._chunk_size(hidden), backend=self.backend,
         )
-        out = self.out_proj(rearrange(y, "b l h p -> b l (h p)"))
-        return out, dict(zip(("ssm", "angle", "B", "x"), final)) if return_state else None
+        return self._output(y, z), dict(zip(("ssm", "angle", "B", "x"), final)) if return_state else None
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
         proj = F.linear(hidden, self.in_proj.weight, self.in_proj.bias)
         x, z, B, C, dt, A, lam, angle = self._mixer_inputs(proj)
         s = Mamba3State(state["ssm"], state["angle"], state["B"], state["x"])
-        y = mamba3_step(s, x, dt, A, B, C, lam, angle, z=z, **self._params(), backend=self.backend, check=False)
-        return F.linear(y.flatten(1), self.out_proj.weight, self.out_proj.bias)
+        y = mamba3_step(s, x, dt, A, B, C, lam, angle, z=None if self.norm is not None else z, **self._params(),
+                        backend=self.backend, check=False)
+        return self._output(y, z)

@@ -138,6 +138,9 @@ class LayerSpec(Config):
                                    max=64)
     rope_fraction: float = option(0.5, help="Mamba-3: share of the state rotated by the data-dependent angles",
                                   min=0.0, max=1.0)
+    outproj_norm: bool = option(False, help="Mamba-3: RMSNorm of each head's output before the gate and out_proj")
+    A_bias: bool = option(False, help="Mamba-3: a per-head offset of the data-dependent decay, started so that the "
+                          "heads' decay rates spread over [1, 16] as Mamba-2's do (default: all near 1)")
     dt_limit: list[float] | None = option(None, help="Mamba-2: [low, high] clamp of the step size", min=0.0,
                                           allow_inf=True)
     attn_heads: int = option(4, help="attention: query heads", min=1, max=1024)

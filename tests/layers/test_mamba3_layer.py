@@ -15,6 +15,8 @@ CONFIGS = [
     pytest.param(dict(mimo_rank=4, rope_fraction=1.0), id="mimo4-rope1"),
     pytest.param(dict(data_dependent_A=False, rope_fraction=0.0), id="siso-headA-norope"),
     pytest.param(dict(headdim=16, bc_norm=False), id="siso-P16-nonorm"),
+    pytest.param(dict(outproj_norm=True), id="siso-outnorm"),
+    pytest.param(dict(mimo_rank=2, outproj_norm=True), id="mimo2-outnorm"),
 ]
 
 
@@ -111,6 +113,24 @@ def test_initialisation():
     assert layer.n_angles == 2  # rope_fraction 0.5 of 8 state entries: 2 rotated pairs
 
 
+def test_A_bias_spreads_the_initial_decay_rates():
+    """With ``A_bias`` a zero projection gives each head an |A| in A_init_range (uniform), instead of 1 everywhere;
+    the offset is learned and not weight-decayed."""
+    torch.manual_seed(0)
+    layer = Mamba3(32, d_state=8, headdim=4, expand=8, A_bias=True, A_init_range=(1.0, 16.0))  # 64 heads
+    A = -decay_rate(layer.A_bias.detach(), layer.A_floor)
+    assert (A >= 1.0 - 1e-6).all() and (A <= 16.0 + 1e-5).all() and A.max() - A.min() > 10
+    assert layer.A_bias._no_weight_decay
+    with torch.no_grad():
+        layer.in_proj.weight.zero_()
+    _, _, _, _, _, A_in, _, _ = layer._mixer_inputs(layer.in_proj(torch.randn(1, 3, 32)))
+    assert torch.allclose(-A_in, A.expand(1, 3, -1))
+    low = Mamba3(32, d_state=8, headdim=4, expand=8, A_bias=True, A_init_range=(0.25, 0.5))  # below 1 as well
+    A_low = -decay_rate(low.A_bias.detach(), low.A_floor)
+    assert (A_low >= 0.25 - 1e-6).all() and (A_low <= 0.5 + 1e-6).all()
+    assert Mamba3(32, d_state=8, headdim=8).A_bias is None  # off by default, as in the reference layer
+
+
 def test_decay_rate_is_the_floored_heavy_tail():
     """A = -max(f(a), floor), f(a) = 1 + a above 0 and 1 / (1 - a) below, with a continuous derivative."""
     a = torch.cat([torch.linspace(-50, 50, 1001, dtype=torch.float64), torch.tensor([-2e5], dtype=torch.float64)])
@@ -133,6 +153,7 @@ def test_decay_rate_is_the_floored_heavy_tail():
     (dict(mimo_rank=0), "mimo_rank"),
     (dict(rope_fraction=1.5), "rope_fraction"),
     (dict(A_floor=-1.0), "A_floor"),
+    (dict(A_bias=True, data_dependent_A=False), "A_bias"),
 ])
 def test_bad_arguments_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -142,3 +163,18 @@ def test_bad_arguments_name_the_field(kw, field):
 def test_odd_state_without_rotation_is_fine():
     layer = Mamba3(32, d_state=7, headdim=8, rope_fraction=0.0)
     assert layer(torch.randn(1, 5, 32)).shape == (1, 5, 32)
+
+
+@pytest.mark.parametrize("rank", [None, 2], ids=["siso", "mimo2"])
+def test_output_norm_is_a_per_head_rmsnorm_before_the_gate(rank):
+    """With ``outproj_norm`` the op runs ungated and each head's output is RMS-normalised, weighted, then gated."""
+    layer = _layer(mimo_rank=rank, outproj_norm=True)
+    assert layer.mimo_z is None  # the gate is applied once per channel, after the norm
+    hidden = torch.randn(2, 7, 32, dtype=torch.float64)
+    x, z, B, C, dt, A, lam, angle = layer._mixer_inputs(layer.in_proj(hidden))
+    from rawseq.kernels.mamba3 import mamba3
+
+    y = mamba3(x, dt, A, B, C, lam, angle, **layer._params(), backend="naive")  # (b, l, h, p), ungated
+    normed = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + layer.norm.eps)
+    expected = (normed.flatten(-2) * layer.norm.weight) * torch.nn.functional.silu(z.flatten(-2))
+    assert torch.allclose(layer(hidden), layer.out_proj(expected), atol=1e-10)
