@@ -11,6 +11,26 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x, beta=1.0, threshold=20.0)
 
 
+_CONSTANTS: dict = {}
+
+
+def constant(value: float, like: torch.Tensor) -> torch.Tensor | float:
+    """``value`` as a 0-dim tensor of ``like``'s dtype and device, made once and kept.
+
+    A Python number in a tensor operation is turned into a tensor on every call, which costs as much as another
+    small operation; decoding steps, made of a few dozen such operations on tiny tensors, use this instead. Under
+    ``torch.compile`` the number itself is returned (a kept tensor must not be made by the tracer).
+    """
+    if torch.compiler.is_compiling():
+        return value
+    key = (value, like.dtype, like.device)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        with torch.inference_mode(False):  # usable later with autograd, whatever mode made it
+            t = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return t
+
+
 def step_sizes(dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool, f: torch.dtype) -> torch.Tensor:
     """The discretization step ``softplus(dt + dt_bias)`` (without softplus if ``dt_softplus`` is False), in ``f``.
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rawseq.kernels.common import float_dtype_of, softplus
+from rawseq.kernels.common.math import constant
 from rawseq.kernels.mamba3.discretize import final_state, finish, prepare
 from rawseq.kernels.mamba3.naive import TWO_PI
 
@@ -328,6 +329,13 @@ def _as(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _ones(like: torch.Tensor) -> torch.Tensor:
+    """Ones shaped like ``like`` (the unit moduli of the rotation), expanded from a kept 0-dim tensor: no allocation
+    and no operation per step."""
+    one = constant(1.0, like)
+    return one.expand(like.shape) if isinstance(one, torch.Tensor) else torch.ones_like(like)
+
+
 def mamba3_step_torch(state, x, dt, A, B, C, lam, angle=None, D=None, z=None, dt_bias=None, dt_softplus=True,
                       B_bias=None, C_bias=None, mimo_x=None, mimo_z=None, mimo_o=None):
     """One decoding position with few tensor ops (at batch 1 a step costs its op count, not its arithmetic); same
@@ -359,8 +367,8 @@ def mamba3_step_torch(state, x, dt, A, B, C, lam, angle=None, D=None, z=None, dt
     kq = kq.view(2, batch, heads, rank, n)
     if angle is not None and angle.shape[-1]:
         m = angle.shape[-1]
-        theta.addcmul_(delta, _as(angle, f)).remainder_(TWO_PI)
-        turn = torch.polar(torch.ones_like(theta), theta).unsqueeze(2)  # (b, h, 1, m) unit complex numbers
+        theta.addcmul_(delta, _as(angle, f)).remainder_(constant(TWO_PI, theta))
+        turn = torch.polar(_ones(theta), theta).unsqueeze(2)  # (b, h, 1, m) unit complex numbers
         torch.view_as_complex(kq[..., : 2 * m].unflatten(-1, (m, 2))).mul_(turn)  # rotates the pairs in place
     k, q = kq[0], kq[1]
     v = _as(x, f).unsqueeze(2) if mimo_x is None else _as(x, f).unsqueeze(2) * _as(mimo_x, f)  # (b, h, R, p)

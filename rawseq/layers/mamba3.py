@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rawseq.kernels.common.math import constant
 from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
 from rawseq.layers._init import inverse_softplus_dt
 from rawseq.layers.mixer import Mixer
@@ -35,7 +36,8 @@ def decay_rate(a: torch.Tensor, floor: float) -> torch.Tensor:
     derivative at 0, and growing only linearly, which keeps data-dependent decays from exploding at large learning
     rates. Written as (1 + relu(a)) / (min(max(a, lo), 0) - 1), where ``lo = 1 - 1 / floor`` puts the floor."""
     lo = 1.0 - 1.0 / floor if floor > 0 else -math.inf
-    return (torch.relu(a) + 1.0) / (a.clamp(lo, 0.0) - 1.0)
+    one = constant(1.0, a)
+    return (torch.relu(a) + one) / (a.clamp(lo, 0.0) - one)
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
@@ -161,7 +163,8 @@ class Mamba3(Mixer):
         lam, w = rest[-2], rest[-1]
         angle = None
         if self.n_angles:
-            angle = (torch.tanh(_float(w)) * math.pi).unsqueeze(-2)  # shared by the heads
+            w = _float(w)
+            angle = (torch.tanh(w) * constant(math.pi, w)).unsqueeze(-2)  # shared by the heads
         return x, z, B, C, dt, A, lam, angle
 
     def _bc(self, bc: torch.Tensor):
@@ -174,7 +177,7 @@ class Mamba3(Mixer):
         if self.bc_norm_weight is None:
             BC = BC + bias
         else:
-            scale = torch.linalg.vecdot(BC, BC).div_(n).add_(self.norm_eps).rsqrt_()
+            scale = torch.linalg.vecdot(BC, BC).mul_(constant(1.0 / n, BC)).add_(constant(self.norm_eps, BC)).rsqrt_()
             weight = _float(self.bc_norm_weight).view(2, 1, 1, *[1] * len(rank), n)
             BC = torch.addcmul(bias, BC * scale.unsqueeze(-1), weight)
         BC = BC.flatten(-3 - len(rank), -2 - len(rank))  # (.., 2, g, h / g, [R,] n) -> (.., 2, h, [R,] n)

@@ -6,21 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ROW_CONSTANTS: dict = {}
+from rawseq.kernels.common.math import constant
 
 
 def rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm of float32 rows x (b, d) with weight (d,) in six small ops, for decoding steps.
-
-    ``1 / d`` and ``eps`` are kept as 0-dim tensors per (d, eps, device): an in-place op with a Python number pays
-    for a scalar-to-tensor conversion on every call.
-    """
-    key = (x.shape[-1], eps, x.device)
-    constants = _ROW_CONSTANTS.get(key)
-    if constants is None:
-        constants = _ROW_CONSTANTS[key] = (torch.tensor(1.0 / x.shape[-1], device=x.device),
-                                           torch.tensor(eps, device=x.device))
-    scale = torch.linalg.vecdot(x, x).mul_(constants[0]).add_(constants[1]).rsqrt_()
+    """RMSNorm of float32 rows x (b, d) with weight (d,) in six small ops, for decoding steps."""
+    scale = torch.linalg.vecdot(x, x).mul_(constant(1.0 / x.shape[-1], x)).add_(constant(eps, x)).rsqrt_()
     return (x * scale.unsqueeze(-1)).mul_(weight)
 
 
