@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from rawseq.kernels.causal_conv1d.naive import causal_conv1d_step_naive
 from rawseq.kernels.common import float_dtype_of
-from rawseq.kernels.common.math import segments_from_seq_idx
+from rawseq.kernels.common.math import all_finite, segments_from_seq_idx
 
 
 def _prepare(x, weight, bias, initial_state, seq_idx, f):
@@ -76,8 +76,10 @@ def causal_conv1d_backward(gy, gfinal, x, weight, bias, activation, initial_stat
     gy = gy.to(f)
     if activation == "silu":
         # An output that the loss does not use passes nothing back, even where its input is inf or NaN (where
-        # silu' times the zero gradient would be NaN and reach the inputs of earlier outputs).
-        gy = torch.where(gy == 0, 0.0, torch.ops.aten.silu_backward(gy, pre))
+        # silu' times the zero gradient would be NaN and reach the inputs of earlier outputs); with finite inputs
+        # silu' is finite and the selection is not needed.
+        dpre = torch.ops.aten.silu_backward(gy, pre)
+        gy = dpre if all_finite(pre) else torch.where(gy == 0, 0.0, dpre)
     gu = torch.empty_like(u)  # gradient of [prefix, x]
     torch.mul(gy, taps[-1], out=gu[:, width - 1 :])
     gu[:, : width - 1].zero_()

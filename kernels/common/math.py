@@ -11,6 +11,18 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x, beta=1.0, threshold=20.0)
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether no tensor holds a NaN or an infinity, from one sum per tensor (NaN and infinities survive any sum).
+
+    Conservative: a sum that overflows (values near the dtype's largest) also reads as not finite, which only sends
+    the caller down its slower path for non-finite inputs. One read of each tensor and no temporary of its size,
+    where ``isfinite(t).all()`` makes three.
+    """
+    sums = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors]
+    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+    return bool(total.isfinite())
+
+
 _CONSTANTS: dict = {}
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rawseq.kernels.common import float_dtype_of, softplus
-from rawseq.kernels.common.math import constant
+from rawseq.kernels.common.math import all_finite, constant
 from rawseq.kernels.mamba3.discretize import final_state, finish, prepare
 from rawseq.kernels.mamba3.naive import TWO_PI
 
@@ -163,13 +163,6 @@ def _blocks(c, rows_per_chunk):
     return [(k0, min(c, k0 + per)) for k0 in range(0, c, per)]
 
 
-def _all_finite(*tensors) -> bool:
-    ok = torch.isfinite(tensors[0]).all()
-    for t in tensors[1:]:
-        ok = ok & torch.isfinite(t).all()
-    return bool(ok)
-
-
 def _scan(lay, S0):
     """Forward over the chunks of a layout: y (b, l, h, R, p), the final state, the states entering each chunk."""
     b, l, h = lay.a.shape[0], lay.length, lay.a.shape[2]
@@ -194,7 +187,7 @@ def mamba3_core_fwd(v, q, k, a, gamma, w, S0, seg, Q):
     block layout (b, c, h, Q R, d). Non-finite v or k run as chunks of one position (module docstring); the
     returned states and layout are those of chunks of ``Q`` positions either way."""
     lay = _Layout(v, q, k, a, gamma, w, seg, Q)
-    if Q > 1 and not _all_finite(lay.v, lay.k):
+    if Q > 1 and not all_finite(lay.v, lay.k):
         y, S, S_in = _scan(_Layout(v, q, k, a, gamma, w, seg, 1), S0)
         S_in = S_in[:, ::Q].contiguous()
     else:
@@ -208,7 +201,7 @@ def mamba3_core_bwd(gy, gS, vb, qb, kb, a, gamma, w, seg, S_in, Q, has_S0):
     (v, q, k, a, gamma, w, S0), the last None without an initial state."""
     lay = _Layout(vb, qb, kb, a, gamma, w, seg, Q, blocked=True)
     b, l, h = a.shape
-    if Q > 1 and not _all_finite(vb, kb):  # as the forward ran: chunks of one position, their states recomputed
+    if Q > 1 and not all_finite(vb, kb):  # as the forward ran: chunks of one position, their states recomputed
         v, q, k = (_unrows(t, l, lay.R) for t in (vb, qb, kb))
         Q, lay = 1, _Layout(v, q, k, a, gamma, w, seg, 1)
         S_in = _scan(lay, S_in[:, 0])[2]

@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from rawseq.kernels.common import float_dtype_of, softplus
-from rawseq.kernels.common.math import flip_time, scan_grads_in_position_order, segments_from_seq_idx, step_sizes
+from rawseq.kernels.common.math import (
+    all_finite,
+    flip_time,
+    scan_grads_in_position_order,
+    segments_from_seq_idx,
+    step_sizes,
+)
 from rawseq.kernels.ssd.naive import ssd_step_naive
 
 # Positions processed together; bounds the memory of the (Q, Q) matrices to about this many positions' worth.
@@ -57,7 +63,7 @@ class _Inputs:
         delta = softplus(raw) if dt_softplus else raw
         xf, Bf = x.to(f), B.to(f)
         self.requested = Q
-        if Q > 1 and not bool(torch.isfinite(delta).all() & torch.isfinite(xf).all() & torch.isfinite(Bf).all()):
+        if Q > 1 and not all_finite(delta, xf, Bf):
             Q = 1
         c = max(1, -(-l // Q))
         self.shape = (b, l, h, p, g, n, r, c, Q)
