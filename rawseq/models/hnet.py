@@ -146,6 +146,7 @@ class _Network(nn.Module):
             for kinds, mlp in runs
         )
         self.norm = RMSNorm(width, eps=cfg.norm_eps, device=device, dtype=dtype)
+        self.has_attention = any(kind == "attention" for kinds, _ in runs for kind in kinds)
 
     def residual_adds(self) -> int:
         return sum(len(p.layers) * (1 if p.layers[0].mlp is None else 2) for p in self.parts)
@@ -254,7 +255,10 @@ class _Stage(nn.Module):
         docs = _documents(seq_idx, batch, length, hidden.device)[boundary]  # (n,)
         pb = p[boundary]
         if state is None and not keep:  # the chunks of every row packed together
-            grid = _grid(boundary.sum(1), length) if isinstance(self.main, _Network) else None
+            # Attention compares every chunk of a row with every other, so an attention main network gets the
+            # chunks in grid rows of about ``length``; SSM layers take all of them as one packed row (no padding).
+            use_grid = isinstance(self.main, _Network) and self.main.has_attention
+            grid = _grid(boundary.sum(1), length) if use_grid else None
             z, main_state, _, routes = self._chunks(x[None], docs[None], pb[None], None, None, False, grid)
             z, z_last = z[0], None
         else:  # each row continues its own state
