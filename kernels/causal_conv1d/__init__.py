@@ -87,8 +87,7 @@ def causal_conv1d_step(
     Args:
         state: (batch, channels, width - 1) the previous inputs, modified in place.
         x: (batch, channels). weight: (channels, width). bias: (channels,) or None.
-        check: check the arguments (shapes, dtypes, devices). A caller that builds them itself, such as a layer's
-            decoding step, may pass False to save the checks' time on CPU tensors; CUDA tensors are always checked.
+        check: False skips the argument checks for CPU tensors (for callers that build them, as layers do).
 
     Returns:
         y: (batch, channels) in ``x.dtype``.

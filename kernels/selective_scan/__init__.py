@@ -86,8 +86,7 @@ def selective_scan_step(
         state: (batch, channels, nstate) float32 (or float64) state, modified in place.
         x, dt, z: (batch, channels).
         A: (channels, nstate). B, C: (batch, groups, nstate). D, dt_bias: (channels,).
-        check: check the arguments (shapes, dtypes, devices). A caller that builds them itself, such as a layer's
-            decoding step, may pass False to save the checks' time on CPU tensors; CUDA tensors are always checked.
+        check: False skips the argument checks for CPU tensors (for callers that build them, as layers do).
 
     Returns:
         y: (batch, channels) in ``x.dtype``.

@@ -84,8 +84,7 @@ def ssd_step(
     Args:
         state: (batch, heads, headdim, nstate) float32 (or float64), modified in place.
         x, z: (batch, heads, headdim). dt: (batch, heads). A, D, dt_bias: (heads,). B, C: (batch, groups, nstate).
-        check: check the arguments (shapes, dtypes, devices). A caller that builds them itself, such as a layer's
-            decoding step, may pass False to save the checks' time on CPU tensors; CUDA tensors are always checked.
+        check: False skips the argument checks for CPU tensors (for callers that build them, as layers do).
 
     Returns:
         y: (batch, heads, headdim) in ``x.dtype``.
