@@ -94,11 +94,15 @@ def selective_scan_forward(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx
     # The gate's gradient needs y before gating; keeping it (batch x length x channels) saves a readout pass over
     # every state in the backward.
     ypre = y if z is not None else y.new_empty(0)
-    y = y.transpose(0, 1).reshape(batch, length, channels)
+    # Back to batch-first in the pass that adds the skip: the result is written contiguous, as the op returns it.
+    yt, y = y.transpose(0, 1).reshape(batch, length, channels), torch.empty(batch, length, channels, dtype=f,
+                                                                            device=x.device)
     if D is not None:
-        y = torch.addcmul(y, x.to(f), D.to(f))
+        torch.addcmul(yt, x.to(f), D.to(f), out=y)
+    else:
+        y.copy_(yt)
     if z is not None:
-        y = y * F.silu(z.to(f))
+        y.mul_(F.silu(z.to(f)))
     y = y.to(x.dtype)
     return (y.flip(1) if reverse else y), final, boundaries, ypre
 
