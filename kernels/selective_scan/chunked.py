@@ -62,8 +62,12 @@ class _Inputs:
     def scan(self, decay, drive, h, s):
         """In place: drive[t] becomes h_t = decay[t] * h_{t-1} + drive[t] for the chunk starting at position s, from
         h = h_{s-1}; at a document start h_{t-1} is replaced by zeros first. Returns the last state."""
+        if not self.reset_steps:
+            for dr, de in zip(drive.unbind(0), decay.unbind(0)):
+                h = dr.addcmul_(de, h)
+            return h
         for t, (dr, de) in enumerate(zip(drive.unbind(0), decay.unbind(0))):
-            if self.reset_steps and s + t in self.reset_steps:
+            if s + t in self.reset_steps:
                 h = torch.where(self.resets[s + t, :, None, None, None], 0.0, h)
             h = dr.addcmul_(de, h)
         return h
