@@ -108,3 +108,14 @@ def test_decode_cpu_runs_and_its_checks_pass():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "ms per byte" not in line]
     assert len(rows) >= 5 and all("| ok |" in row for row in rows), proc.stdout
     assert any(row.startswith("| Mamba x4 |") for row in rows) and any(row.startswith("| Mamba-2 x4 |") for row in rows)
+
+
+def test_ab_versions_times_two_commits_in_one_process_and_names_a_bad_commit():
+    script = str(BENCHMARKS / "ab_versions.py")
+    proc = subprocess.run([sys.executable, script, "HEAD", "HEAD", "--op", "ssd", "--rounds", "1", "--runs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "agree" in proc.stdout and re.search(r"run 1: a [\d.]+ ms, b [\d.]+ ms, b / a [\d.]+", proc.stdout)
+    bad = subprocess.run([sys.executable, script, "no-such-commit"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "cannot export commit 'no-such-commit'" in bad.stderr
+    assert "Traceback" not in bad.stderr
