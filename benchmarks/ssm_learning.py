@@ -67,17 +67,24 @@ def corpus_files(name: str, limit: int) -> list[str]:
     return out
 
 
-def params_of(ssm: str, d_state: int, d_model: int, layers: int, extra: dict) -> int:
-    cfg = ByteLMConfig(d_model=d_model, n_layers=layers, ssm=ssm, d_state=d_state, n_special=0, **extra)
+def mlp_width(d_model: int, ratio: float) -> int:
+    """Hidden width of each layer's gated MLP: ``ratio`` times the model width, a multiple of 8 (0: no MLP)."""
+    return 8 * round(ratio * d_model / 8)
+
+
+def params_of(ssm: str, d_state: int, d_model: int, layers: int, extra: dict, mlp_ratio: float = 0.0) -> int:
+    cfg = ByteLMConfig(d_model=d_model, n_layers=layers, ssm=ssm, d_state=d_state, n_special=0,
+                       d_mlp=mlp_width(d_model, mlp_ratio), **extra)
     return ByteLM(cfg, device="meta").num_parameters()
 
 
-def matched_width(ssm: str, d_state: int, target: int, layers: int, extra: dict, step: int = 8) -> int:
+def matched_width(ssm: str, d_state: int, target: int, layers: int, extra: dict, mlp_ratio: float = 0.0,
+                  step: int = 8) -> int:
     """The width (a multiple of ``step``) whose parameter count is closest to ``target``."""
     best = None
     for d in range(step, 2048, step):
         try:
-            n = params_of(ssm, d_state, d, layers, extra)
+            n = params_of(ssm, d_state, d, layers, extra, mlp_ratio)
         except ValueError:
             continue
         if best is None or abs(n - target) < abs(best[1] - target):
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--match", default=None, help="the model whose size at --width the others match (default: the "
                    "first of --models; it need not be trained)")
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--mlp-ratio", type=float, default=0.0, help="add a gated MLP of this many times the width to "
+                   "every layer (0: mixers only)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
@@ -109,16 +118,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.__version__}, {torch.get_num_threads()} threads")
     match = args.match or names[0]
     ssm0, n0, extra0 = MODELS[match]
-    target = params_of(ssm0, n0, args.width, args.layers, extra0)
+    target = params_of(ssm0, n0, args.width, args.layers, extra0, args.mlp_ratio)
     rows, curves = [], {}
     for name in names:
         ssm, d_state, extra = MODELS[name]
-        width = args.width if name == match else matched_width(ssm, d_state, target, args.layers, extra)
+        width = args.width if name == match else matched_width(ssm, d_state, target, args.layers, extra,
+                                                                 args.mlp_ratio)
         overrides = [f"--out_dir={work / name}", f"--steps={args.steps}", f"--batch_size={args.batch_size}",
                      f"--seq_len={args.seq_len}", f"--lr={args.lr}", f"--eval_every={args.eval_every}",
                      "--eval_batches=0", "--checkpoint_every=100000", f"--seed={args.seed}", "--progress=false",
                      "--sample_bytes=0", f"--model.ssm={ssm}", f"--model.d_model={width}",
                      f"--model.n_layers={args.layers}", f"--model.d_state={d_state}", "--model.n_special=0",
+                     f"--model.d_mlp={mlp_width(width, args.mlp_ratio)}",
                      *(f"--model.{k}={v}" for k, v in extra.items())]
         cfg = load_config(None, overrides)
         start = time.perf_counter()
