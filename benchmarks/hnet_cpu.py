@@ -45,7 +45,8 @@ from rawseq.train.data import split_corpus  # noqa: E402
 SSM = {"d_state": 32, "headdim": 32, "chunk_size": 64, "n_special": 0}
 TEXT_MODELS = {
     "flat": {"model_type": "bytelm", "d_model": 256, "n_layers": 6, "ssm": "mamba2", **SSM},
-    "hnet": {"model_type": "hnet", "layout": ["m1", ["m6"], "m1"], "d_model": [128, 240], "ratio": [4.0], **SSM},
+    "hnet": {"model_type": "hnet", "layout": ["m1", ["m6"], "m1"], "d_model": [128, 240], "ratio": [4.0],
+             "lr_multiplier": [2.0, 1.0], **SSM},
 }
 AUDIO_MODELS = {
     "flat": {"model_type": "bytelm", "d_model": 128, "n_layers": 6, "ssm": "mamba2", **SSM},

@@ -5,6 +5,7 @@ correctness check gets no speedup."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -119,3 +120,19 @@ def test_ab_versions_times_two_commits_in_one_process_and_names_a_bad_commit():
     bad = subprocess.run([sys.executable, script, "no-such-commit"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "cannot export commit 'no-such-commit'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_hnet_variants_trains_each_variant_and_names_a_bad_one(tmp_path):
+    script = str(BENCHMARKS / "hnet_variants.py")
+    proc = subprocess.run([sys.executable, script, "--smoke", "--out", str(tmp_path), "flat:steps=2:n_layers=1",
+                           "hnet:steps=2:lr_multiplier=[2,1]"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [e["variant"] for e in lines] == ["flat:steps=2:n_layers=1", "hnet:steps=2:lr_multiplier=[2,1]"]
+    assert all(e["curve"] and all(bpb > 0 for _, bpb in e["curve"]) for e in lines)
+    assert lines[1]["step_equals_forward"] and 1 <= lines[1]["bytes_per_chunk"]
+    for bad, says in [("hnet:lr_multiplier=[2]", "lr_multiplier"), ("tokens:steps=2", "must be one of"),
+                      ("hnet:steps=0", "steps")]:
+        proc = subprocess.run([sys.executable, script, "--out", str(tmp_path), bad], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
