@@ -35,6 +35,7 @@ from rawseq.train.metrics import read_metrics
 MODELS = {
     "mamba1-n16": ("mamba", 16, {}),
     "mamba2-n64": ("mamba2", 64, {"headdim": 32}),
+    "mamba2-n64-noconv": ("mamba2", 64, {"headdim": 32, "d_conv": 1}),  # a width-1 convolution: no local mixing
     "mamba3-n32": ("mamba3", 32, {"headdim": 32}),
     "mamba3-n64": ("mamba3", 64, {"headdim": 32}),
     "mamba3-n32-outnorm": ("mamba3", 32, {"headdim": 32, "outproj_norm": True}),
