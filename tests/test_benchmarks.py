@@ -136,3 +136,21 @@ def test_hnet_variants_trains_each_variant_and_names_a_bad_one(tmp_path):
         proc = subprocess.run([sys.executable, script, "--out", str(tmp_path), bad], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ssm_learning_matches_sizes_with_mlps_and_without_a_convolution():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import ssm_learning
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert ssm_learning.mlp_width(128, 2.0) == 256 and ssm_learning.mlp_width(128, 0.0) == 0
+    ssm, n, extra = ssm_learning.MODELS["mamba1-n16"]
+    for ratio in (0.0, 2.0):
+        target = ssm_learning.params_of(ssm, n, 128, 4, extra, ratio)
+        for name in ("mamba2-n64", "mamba2-n64-noconv", "mamba3-n32"):
+            kind, state, more = ssm_learning.MODELS[name]
+            width = ssm_learning.matched_width(kind, state, target, 4, more, ratio)
+            assert abs(ssm_learning.params_of(kind, state, width, 4, more, ratio) - target) < 0.05 * target, name
+    with_mlp = ssm_learning.params_of("mamba2", 64, 128, 4, {"headdim": 32}, 2.0)
+    assert with_mlp > ssm_learning.params_of("mamba2", 64, 128, 4, {"headdim": 32}, 0.0)
