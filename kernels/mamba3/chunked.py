@@ -322,65 +322,84 @@ def _as(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _ones(like: torch.Tensor) -> torch.Tensor:
-    """Ones shaped like ``like`` (the unit moduli of the rotation), expanded from a kept 0-dim tensor: no allocation
-    and no operation per step."""
+def _one(like: torch.Tensor) -> torch.Tensor:
+    """A one that broadcasts against ``like`` (the unit modulus of the rotation): a kept 0-dim tensor, so no
+    allocation and no operation per step (a tensor of ones while ``torch.compile`` traces)."""
     one = constant(1.0, like)
-    return one.expand(like.shape) if isinstance(one, torch.Tensor) else torch.ones_like(like)
+    return one if isinstance(one, torch.Tensor) else torch.ones_like(like)
 
 
 def mamba3_step_torch(state, x, dt, A, B, C, lam, angle=None, D=None, z=None, dt_bias=None, dt_softplus=True,
                       B_bias=None, C_bias=None, mimo_x=None, mimo_z=None, mimo_o=None):
-    """One decoding position with few tensor ops (at batch 1 a step costs its op count, not its arithmetic); same
-    arguments and result as ``mamba3_step_naive``, without argument checks. For decoding: its in-place updates are
-    not differentiable (``mamba3_step_naive`` is).
+    """One decoding position with few tensor ops (at batch 1 a step costs its op count, views included, not its
+    arithmetic); same arguments and result as ``mamba3_step_naive``, without argument checks. For decoding: its
+    in-place updates are not differentiable (``mamba3_step_naive`` is).
 
-    x, z: (b, h, p); dt, lam: (b, h); A: (h,) or (b, h); B, C: (b, g, n) or (b, g, R, n); angle (b, h, m).
+    x, z: (b, h, p); dt, lam: (b, h); A: (h,) or (b, h); B, C: (b, g, n) or (b, g, R, n); angle (b, h or 1, m).
     """
     ssm, theta, Bp, xp = state
     f = ssm.dtype
     batch, heads, headdim = x.shape
     mimo = B.dim() == 4
-    groups, rank, n = B.shape[1], (B.shape[2] if mimo else 1), B.shape[-1]
-    # per-head scalars as (b, h, 1): they broadcast over the angles and, unsqueezed, over the taps and the state
-    delta = (_as(dt, f) if dt_bias is None else _as(dt, f) + _as(dt_bias, f)).unsqueeze(-1)
+    rank, n = (B.shape[2] if mimo else 1), B.shape[-1]
+    bh = batch * heads
+    # per-head scalars (b, h)
+    delta = _as(dt, f) if dt_bias is None else _as(dt, f) + _as(dt_bias, f)
     if dt_softplus:
         delta = softplus(delta)
-    alpha = torch.mul(delta, _as(A, f).unsqueeze(-1)).exp_()
-    gamma = torch.sigmoid(_as(lam, f).unsqueeze(-1)) * delta  # lam dt
-    coef = torch.cat([(delta - gamma) * alpha, gamma], dim=-1).unsqueeze(-1)  # (1 - lam) dt alpha, lam dt
-    # k and q side by side, (2, b, g, h / g, R, n): B and C of a group plus each head's bias
-    kq = torch.stack([_as(B, f), _as(C, f)]).view(2, batch, groups, 1, rank, n)
-    if B_bias is not None or C_bias is not None:
-        biases = [t if t is None else _as(t, f).view(heads, rank, n) for t in (B_bias, C_bias)]
-        biases = [torch.zeros_like(other) if t is None else t for t, other in zip(biases, biases[::-1])]
-        kq = kq + torch.stack(biases).view(2, 1, groups, heads // groups, rank, n)
-    elif groups != heads:
-        kq = kq.expand(2, batch, groups, heads // groups, rank, n).contiguous()
-    kq = kq.view(2, batch, heads, rank, n)
+    alpha = torch.mul(delta, _as(A, f)).exp_()
+    gamma = torch.sigmoid(_as(lam, f)).mul_(delta)  # lam dt
+    beta = (delta - gamma).mul_(alpha)  # (1 - lam) dt alpha
+    kq = _keys_queries(B, C, B_bias, C_bias, heads, f)  # (2, b, h, [R,] n)
     if angle is not None and angle.shape[-1]:
         m = angle.shape[-1]
-        theta.addcmul_(delta, _as(angle, f)).remainder_(constant(TWO_PI, theta))
-        turn = torch.polar(_ones(theta), theta).unsqueeze(2)  # (b, h, 1, m) unit complex numbers
-        torch.view_as_complex(kq[..., : 2 * m].unflatten(-1, (m, 2))).mul_(turn)  # rotates the pairs in place
-    k, q = kq[0], kq[1]
+        theta.addcmul_(delta.unsqueeze(-1), _as(angle, f)).remainder_(constant(TWO_PI, theta))
+        turn = torch.polar(_one(theta), theta)  # (b, h, m) unit complex numbers
+        pairs = kq.view(*kq.shape[:-1], n // 2, 2) if n % 2 == 0 else kq[..., : 2 * m].unflatten(-1, (m, 2))
+        torch.view_as_complex(pairs)[..., :m].mul_(turn.unsqueeze(2) if mimo else turn)  # rotates in place
+    k, q = kq.unbind(0)
+    if not mimo:
+        k = k.unsqueeze(2)
     v = _as(x, f).unsqueeze(2) if mimo_x is None else _as(x, f).unsqueeze(2) * _as(mimo_x, f)  # (b, h, R, p)
     # S = alpha S + beta x_prev^T B_prev + gamma x^T k: the 2R taps as one batched product
-    taps = torch.cat([xp, v], dim=2) * (coef if rank == 1 else coef.repeat_interleave(rank, dim=2))  # (b, h, 2R, p)
+    coef = torch.stack([beta, gamma], dim=-1).unsqueeze_(-1)  # (b, h, 2, 1)
+    taps = torch.cat([xp, v], dim=2).mul_(coef if rank == 1 else coef.repeat_interleave(rank, dim=2))
     keys = torch.cat([Bp, k], dim=2)  # (b, h, 2R, n)
-    ssm.mul_(alpha.unsqueeze(-1))
-    ssm.view(batch * heads, headdim, n).baddbmm_(taps.view(batch * heads, 2 * rank, headdim).transpose(1, 2),
-                                                 keys.view(batch * heads, 2 * rank, n))
-    y = torch.matmul(q, ssm.transpose(-1, -2))  # (b, h, R, p)
+    ssm.mul_(alpha.view(batch, heads, 1, 1))
+    rows = ssm.view(bh, headdim, n)
+    rows.baddbmm_(taps.view(bh, 2 * rank, headdim).transpose(1, 2), keys.view(bh, 2 * rank, n))
+    Bp.copy_(k)
+    xp.copy_(v)
+    if not mimo:  # (b h, p, n) (b h, n, 1): one row of C per head
+        y = torch.bmm(rows, q.view(bh, n, 1)).view(batch, heads, headdim)
+        if D is not None:
+            y.addcmul_(x if x.dtype == f else x.to(f), _as(D, f).view(heads, 1))
+        if z is not None:
+            y.mul_(F.silu(_as(z, f)))
+        return _as(y, x.dtype)
+    y = torch.bmm(q.view(bh, rank, n), rows.transpose(1, 2)).view(batch, heads, rank, headdim)
     if D is not None:
         y.addcmul_(v, _as(D, f).view(heads, 1, 1))
     if z is not None:
         zr = _as(z, f).unsqueeze(2)
         y.mul_(F.silu(zr if mimo_z is None else zr * _as(mimo_z, f)))
-    Bp.copy_(k)
-    xp.copy_(v)
-    if rank == 1 and mimo_o is None:
-        return _as(y.view(batch, heads, headdim), x.dtype)
     if mimo_o is not None:
         y.mul_(_as(mimo_o, f))
     return _as(y.sum(2), x.dtype)
+
+
+def _keys_queries(B, C, B_bias, C_bias, heads, f):
+    """B and C (b, g, [R,] n) with their per-head biases -> (2, b, h, [R,] n), a new tensor (rotated in place)."""
+    kq = torch.stack([_as(B, f), _as(C, f)])
+    groups = B.shape[1]
+    if groups == heads and B_bias is None and C_bias is None:  # what a layer passes: B and C already per head
+        return kq
+    inner = kq.shape[3:]  # ([R,] n)
+    kq = kq.unsqueeze(3)  # (2, b, g, 1, [R,] n)
+    if B_bias is None and C_bias is None:
+        kq = kq.expand(2, kq.shape[1], groups, heads // groups, *inner)
+    else:
+        biases = [t if t is None else _as(t, f).view(heads, *inner) for t in (B_bias, C_bias)]
+        biases = [torch.zeros_like(other) if t is None else t for t, other in zip(biases, biases[::-1])]
+        kq = kq + torch.stack(biases).view(2, 1, groups, heads // groups, *inner)
+    return kq.reshape(2, kq.shape[1], heads, *inner)

@@ -21,13 +21,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rawseq.kernels.common.math import constant
 from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
 from rawseq.layers._init import inverse_softplus_dt
-from rawseq.layers.mixer import Mixer
+from rawseq.layers.mixer import Mixer, linear
 from rawseq.layers.norm import GatedRMSNorm
 
 
@@ -169,19 +168,28 @@ class Mamba3(Mixer):
 
     def _bc(self, bc: torch.Tensor):
         """The B and C slices (.., 2 g R n) -> B, C (.., h, [R,] n): RMSNorm over nstate, each with its own weight,
-        then the per-head biases; both together, in float32."""
+        then the per-head biases; both together, in float32. With one group B and C broadcast over the heads'
+        biases directly (fewer views: a decoding step costs its op count)."""
         g, n = self.n_groups, self.d_state
         rank = () if self.mimo_rank is None else (self.rank,)
-        BC = _float(bc).unflatten(-1, (2, g, 1, *rank, n))  # a heads-in-group axis of 1 for the biases
-        bias = _float(self.bc_bias).view(2, g, self.nheads // g, *rank, n)
-        if self.bc_norm_weight is None:
+        params = self._parameters
+        bias = _float(params["bc_bias"])  # (2, h, [R,] n)
+        if g == 1:
+            BC = _float(bc).view(*bc.shape[:-1], 2, 1, *rank, n)
+        else:  # a heads-in-group axis of 1 for the biases
+            BC = _float(bc).view(*bc.shape[:-1], 2, g, 1, *rank, n)
+            bias = bias.view(2, g, self.nheads // g, *rank, n)
+        weight = params.get("bc_norm_weight")
+        if weight is None:
             BC = BC + bias
         else:
-            scale = torch.linalg.vecdot(BC, BC).mul_(constant(1.0 / n, BC)).add_(constant(self.norm_eps, BC)).rsqrt_()
-            weight = _float(self.bc_norm_weight).view(2, 1, 1, *[1] * len(rank), n)
-            BC = torch.addcmul(bias, BC * scale.unsqueeze(-1), weight)
-        BC = BC.flatten(-3 - len(rank), -2 - len(rank))  # (.., 2, g, h / g, [R,] n) -> (.., 2, h, [R,] n)
-        return BC.select(-3 - len(rank), 0), BC.select(-3 - len(rank), 1)
+            # BC / sqrt(mean(BC^2) + eps) * weight, with the mean's 1 / n moved out of the sum: one op fewer
+            scale = torch.linalg.vecdot(BC, BC).add_(constant(n * self.norm_eps, BC)).rsqrt_().unsqueeze(-1)
+            weight = _float(weight).view(2, *[1] * (BC.dim() - bc.dim() - 1), n)
+            BC = torch.addcmul(bias, BC, scale * weight, value=math.sqrt(n))
+        if g != 1:
+            BC = BC.flatten(-3 - len(rank), -2 - len(rank))  # (.., 2, g, h / g, [R,] n) -> (.., 2, h, [R,] n)
+        return BC.unbind(-3 - len(rank))
 
     def _params(self):
         return dict(D=self.D, dt_bias=self.dt_bias, mimo_x=self.mimo_x, mimo_z=self.mimo_z, mimo_o=self.mimo_o)
@@ -208,10 +216,29 @@ class Mamba3(Mixer):
         return self._output(y, z), dict(zip(("ssm", "angle", "B", "x"), final)) if return_state else None
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
-        """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place."""
-        proj = F.linear(hidden, self.in_proj.weight, self.in_proj.bias)
-        x, z, B, C, dt, A, lam, angle = self._mixer_inputs(proj)
-        s = Mamba3State(state["ssm"], state["angle"], state["B"], state["x"])
-        y = mamba3_step(s, x, dt, A, B, C, lam, angle, z=None if self.norm is not None else z, **self._params(),
-                        backend=self.backend, check=False)
-        return self._output(y, z)
+        """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place.
+
+        At batch 1 a step costs its number of tensor operations (views included), not its arithmetic: the
+        projections are called functionally, parameters are read from the module's dicts, and the inputs of the op
+        are views of one projection wherever the forward's reshapes are not needed.
+        """
+        batch = hidden.shape[0]
+        h, p = self.nheads, self.headdim
+        params, modules = self._parameters, self._modules
+        z, x, bc, dt, *rest = linear(modules["in_proj"], hidden).split(self._splits, dim=-1)
+        B, C = self._bc(bc)
+        if self.A_log is not None:
+            A = -torch.exp(_float(params["A_log"]))
+        else:
+            A = decay_rate(_float(rest[0] if self.A_bias is None else rest[0] + params["A_bias"]), self.A_floor)
+        angle = None
+        if self.n_angles:  # (b, 1, n_angles): shared by the heads
+            angle = torch.tanh(_float(rest[-1])).mul_(constant(math.pi, B)).unsqueeze_(1)
+        gate = None if self.norm is not None else z.view(batch, h, p)
+        y = mamba3_step(Mamba3State(state["ssm"], state["angle"], state["B"], state["x"]), x.view(batch, h, p), dt,
+                        A, B, C, rest[-2], angle, params["D"], gate, params["dt_bias"], mimo_x=self.mimo_x,
+                        mimo_z=self.mimo_z, mimo_o=self.mimo_o, backend=self.backend, check=False)
+        y = y.view(batch, self.d_inner)
+        if self.norm is not None:
+            y = modules["norm"].forward(y, z)
+        return linear(modules["out_proj"], y)
