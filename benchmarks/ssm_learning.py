@@ -38,6 +38,9 @@ MODELS = {
     "mamba2-n64-noconv": ("mamba2", 64, {"headdim": 32, "d_conv": 1}),  # a width-1 convolution: no local mixing
     "mamba3-n32": ("mamba3", 32, {"headdim": 32}),
     "mamba3-n64": ("mamba3", 64, {"headdim": 32}),
+    "mamba3-n32-mimo2": ("mamba3", 32, {"headdim": 32, "mimo_rank": 2}),
+    "mamba3-n32-mimo4": ("mamba3", 32, {"headdim": 32, "mimo_rank": 4}),
+    "mamba3-n32-conv": ("mamba3", 32, {"headdim": 32, "mamba3_conv": True}),  # not in the paper's layer
     "mamba3-n32-outnorm": ("mamba3", 32, {"headdim": 32, "outproj_norm": True}),
     "mamba3-n32-Abias": ("mamba3", 32, {"headdim": 32, "A_bias": True}),
     "mamba3-n32-outnorm-Abias": ("mamba3", 32, {"headdim": 32, "outproj_norm": True, "A_bias": True}),

@@ -1,7 +1,10 @@
-"""Mamba-3 block (arXiv 2603.15569): trapezoidal SSM with rotated ("complex") B/C, SISO or MIMO, no convolution.
+"""Mamba-3 block (arXiv 2603.15569): trapezoidal SSM with rotated ("complex") B/C, SISO or MIMO, no convolution
+(optionally, ``d_conv > 0``, a depthwise causal convolution with SiLU over x, B and C as in Mamba-2, which the
+paper's layer does not have).
 
     z, x, B, C, dt, a, lam, w = in_proj(u)     (b, l, d_model) -> (b, l, d_inner) x 2, (b, l, g R n) x 2,
                                                 (b, l, h) x 2 (x 3 with data-dependent A), (b, l, n_angles)
+    x, B, C = silu(conv1d(x, B, C))            only with d_conv > 0
     B, C    = RMSNorm(B) + B_bias, RMSNorm(C) + C_bias      over nstate; per-head (and rank) biases start at 1
     A       = -max(f(a), A_floor)              f(a) = 1 + a for a >= 0, 1 / (1 - a) below (or -exp(A_log) per head);
                                                with ``A_bias`` a learned per-head offset is added to a first
@@ -23,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from rawseq.kernels import causal_conv1d, causal_conv1d_step
 from rawseq.kernels.common.math import constant
 from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
 from rawseq.layers._init import inverse_softplus_dt
@@ -47,7 +51,8 @@ class Mamba3(Mixer):
     """Mamba-3 sequence mixer.
 
     State for decoding: ``{"ssm": (b, h, p, n), "angle": (b, h, n_angles), "B": (b, h, R, n), "x": (b, h, R, p)}``,
-    all float32 (see :class:`rawseq.kernels.mamba3.Mamba3State`); ``R = 1`` for SISO.
+    all float32 (see :class:`rawseq.kernels.mamba3.Mamba3State`); ``R = 1`` for SISO; with ``d_conv > 0`` also
+    ``"conv"``: (b, d_inner + 2 g R n, d_conv - 1), the convolution's last inputs, in the parameters' dtype.
     """
 
     def __init__(
@@ -60,7 +65,7 @@ class Mamba3(Mixer):
         A_init_range: tuple[float, float] = (1.0, 16.0),
         dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
         bc_norm: bool = True, outproj_norm: bool = False, norm_eps: float = 1e-5, chunk_size: int | None = None,
-        bias: bool = False, backend: str = "auto", device=None, dtype=None,
+        d_conv: int = 0, conv_bias: bool = True, bias: bool = False, backend: str = "auto", device=None, dtype=None,
     ):
         super().__init__()
         self._set_sizes(d_model, d_state, expand, headdim, n_groups)
@@ -74,6 +79,8 @@ class Mamba3(Mixer):
                              f"(rope_fraction={rope_fraction}); use an even d_state or rope_fraction=0")
         if A_floor < 0:
             raise ValueError(f"A_floor={A_floor} must be >= 0")
+        if not isinstance(d_conv, int) or d_conv < 0:
+            raise ValueError(f"d_conv={d_conv!r} must be an int >= 0 (0: no convolution)")
         if A_bias and not data_dependent_A:
             raise ValueError("A_bias=True offsets the data-dependent A: it needs data_dependent_A=True (a per-head A "
                              "has its own per-head value, A_log)")
@@ -110,8 +117,20 @@ class Mamba3(Mixer):
         self.norm = GatedRMSNorm(self.d_inner, group_size=headdim, eps=norm_eps, norm_before_gate=True,
                                  **kw) if outproj_norm else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **kw)
+        # the optional convolution runs over the contiguous (x, B, C) slice of in_proj's output
+        self.d_conv = d_conv
+        self.conv_dim = self.d_inner + 2 * bc
+        self.conv_weight = self.conv_bias = None
+        if d_conv:
+            self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv, **kw))
+            self.conv_bias = nn.Parameter(torch.empty(self.conv_dim, **kw)) if conv_bias else None
 
         with torch.no_grad():
+            if d_conv:  # nn.Conv1d's default: kaiming-uniform over a fan-in of d_conv (one input channel per group)
+                bound = 1.0 / math.sqrt(d_conv)
+                self.conv_weight.uniform_(-bound, bound)
+                if self.conv_bias is not None:
+                    self.conv_bias.uniform_(-bound, bound)
             self.dt_bias.copy_(
                 inverse_softplus_dt(h, dt_min=dt_min, dt_max=dt_max, dt_floor=dt_init_floor, device=device)
             )
@@ -130,16 +149,21 @@ class Mamba3(Mixer):
                 p._no_weight_decay = True
 
     def allocate_inference_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> dict:
-        """Zero state for ``batch`` decoding streams, all float32 (``dtype`` is accepted for the common API)."""
+        """Zero state for ``batch`` decoding streams: the scan's in float32, the convolution window (with
+        ``d_conv > 0``) in ``dtype`` (default: the parameters')."""
         device = self.in_proj.weight.device if device is None else device
         kw = {"dtype": torch.float32, "device": device}
         h, R = self.nheads, self.rank
-        return {
+        state = {
             "ssm": torch.zeros(batch, h, self.headdim, self.d_state, **kw),
             "angle": torch.zeros(batch, h, self.n_angles, **kw),
             "B": torch.zeros(batch, h, R, self.d_state, **kw),
             "x": torch.zeros(batch, h, R, self.headdim, **kw),
         }
+        if self.d_conv:
+            dtype = self.conv_weight.dtype if dtype is None else dtype
+            state["conv"] = torch.zeros(batch, self.conv_dim, self.d_conv - 1, dtype=dtype, device=device)
+        return state
 
     def _chunk_size(self, hidden: torch.Tensor) -> int:
         """Positions per chunk of the torch backend (a speed knob only): 32 on CPU, 64 elsewhere, unless set."""
@@ -147,10 +171,17 @@ class Mamba3(Mixer):
             return self.chunk_size
         return 64 if hidden.device.type == "cuda" else 32
 
-    def _mixer_inputs(self, proj: torch.Tensor):
+    def _xbc(self, proj: torch.Tensor) -> torch.Tensor:
+        """The (x, B, C) slice of in_proj's output (.., conv_dim)."""
+        return proj.narrow(-1, self.d_inner, self.conv_dim)
+
+    def _mixer_inputs(self, proj: torch.Tensor, xbc: torch.Tensor | None = None):
         """in_proj output (.., D) -> the op's inputs, keeping the leading (b[, l]): x, z (.., h, p); B, C
-        (.., h, [R,] n) normalised and biased; dt, A, lam (.., h); angle (.., 1, n_angles)."""
+        (.., h, [R,] n) normalised and biased; dt, A, lam (.., h); angle (.., 1, n_angles). ``xbc``: the
+        convolved (x, B, C) slice, used in place of in_proj's."""
         z, x, bc, dt, *rest = proj.split(self._splits, dim=-1)  # one op, and one cat in the backward
+        if xbc is not None:
+            x, bc = xbc.split((self.d_inner, self.conv_dim - self.d_inner), dim=-1)
         z = z.unflatten(-1, (self.nheads, self.headdim))
         x = x.unflatten(-1, (self.nheads, self.headdim))
         B, C = self._bc(bc)
@@ -205,7 +236,15 @@ class Mamba3(Mixer):
     def _mix(self, hidden, seq_idx, initial_state, return_state):
         """(b, l, d_model) -> (b, l, d_model) and the final state; the state (SSM, previous input, angle) restarts
         where ``seq_idx`` changes."""
-        x, z, B, C, dt, A, lam, angle = self._mixer_inputs(self.in_proj(hidden))
+        proj = self.in_proj(hidden)
+        xbc = window = None
+        if self.d_conv:
+            xbc, window = causal_conv1d(
+                self._xbc(proj), self.conv_weight, self.conv_bias, activation="silu", return_final_state=True,
+                initial_state=None if initial_state is None else initial_state["conv"], seq_idx=seq_idx,
+                backend=self.backend,
+            )
+        x, z, B, C, dt, A, lam, angle = self._mixer_inputs(proj, xbc)
         init = None
         if initial_state is not None:
             init = Mamba3State(initial_state["ssm"], initial_state["angle"], initial_state["B"], initial_state["x"])
@@ -213,7 +252,12 @@ class Mamba3(Mixer):
             x, dt, A, B, C, lam, angle, z=None if self.norm is not None else z, **self._params(), initial_state=init,
             return_final_state=True, seq_idx=seq_idx, chunk_size=self._chunk_size(hidden), backend=self.backend,
         )
-        return self._output(y, z), dict(zip(("ssm", "angle", "B", "x"), final)) if return_state else None
+        if not return_state:
+            return self._output(y, z), None
+        state = dict(zip(("ssm", "angle", "B", "x"), final))
+        if window is not None:
+            state["conv"] = window
+        return self._output(y, z), state
 
     def step(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model); ``state`` is updated in place.
@@ -225,7 +269,12 @@ class Mamba3(Mixer):
         batch = hidden.shape[0]
         h, p = self.nheads, self.headdim
         params, modules = self._parameters, self._modules
-        z, x, bc, dt, *rest = linear(modules["in_proj"], hidden).split(self._splits, dim=-1)
+        proj = linear(modules["in_proj"], hidden)
+        z, x, bc, dt, *rest = proj.split(self._splits, dim=-1)
+        if self.d_conv:
+            xbc = causal_conv1d_step(state["conv"], self._xbc(proj), params["conv_weight"], params.get("conv_bias"),
+                                     "silu", backend=self.backend, check=False)
+            x, bc = xbc.split((self.d_inner, self.conv_dim - self.d_inner), dim=-1)
         B, C = self._bc(bc)
         if self.A_log is not None:
             A = -torch.exp(_float(params["A_log"]))

@@ -26,7 +26,7 @@ def _make_mixer(kind: str, cfg: ByteLMConfig, *, device=None, dtype=None) -> nn.
     if kind == "mamba3":
         return Mamba3(cfg.d_model, d_state=cfg.d_state, expand=cfg.expand, headdim=cfg.headdim, n_groups=cfg.n_groups,
                       mimo_rank=cfg.mimo_rank, rope_fraction=cfg.rope_fraction, outproj_norm=cfg.outproj_norm,
-                      A_bias=cfg.A_bias,
+                      A_bias=cfg.A_bias, d_conv=cfg.d_conv if cfg.mamba3_conv else 0, conv_bias=cfg.conv_bias,
                       dt_min=cfg.dt_min, dt_max=cfg.dt_max,
                       dt_init_floor=cfg.dt_init_floor, norm_eps=cfg.norm_eps, chunk_size=cfg.chunk_size,
                       bias=cfg.proj_bias, backend=cfg.backend, **kw)

@@ -141,6 +141,8 @@ class LayerSpec(Config):
     outproj_norm: bool = option(False, help="Mamba-3: RMSNorm of each head's output before the gate and out_proj")
     A_bias: bool = option(False, help="Mamba-3: a per-head offset of the data-dependent decay, started so that the "
                           "heads' decay rates spread over [1, 16] as Mamba-2's do (default: all near 1)")
+    mamba3_conv: bool = option(False, help="Mamba-3: a causal convolution of width d_conv with SiLU over x, B and C "
+                               "before the scan, as in Mamba-2 (the Mamba-3 paper's layer has none)")
     dt_limit: list[float] | None = option(None, help="Mamba-2: [low, high] clamp of the step size", min=0.0,
                                           allow_inf=True)
     attn_heads: int = option(4, help="attention: query heads", min=1, max=1024)

@@ -11,7 +11,9 @@ from rawseq.layers.mamba3 import Mamba3, decay_rate
 
 CONFIGS = [
     pytest.param(dict(), id="siso"),
+    pytest.param(dict(d_conv=4), id="siso-conv4"),
     pytest.param(dict(mimo_rank=2, n_groups=2), id="mimo2-G2"),
+    pytest.param(dict(mimo_rank=2, d_conv=3, conv_bias=False), id="mimo2-conv3-nobias"),
     pytest.param(dict(mimo_rank=4, rope_fraction=1.0), id="mimo4-rope1"),
     pytest.param(dict(data_dependent_A=False, rope_fraction=0.0), id="siso-headA-norope"),
     pytest.param(dict(headdim=16, bc_norm=False), id="siso-P16-nonorm"),
@@ -64,8 +66,9 @@ def test_forward_chains_through_state(kw):
     assert torch.allclose(torch.cat([y1, y2], dim=1), y, atol=1e-10)
 
 
-def test_seq_idx_separates_documents():
-    layer = _layer(mimo_rank=2)
+@pytest.mark.parametrize("kw", [dict(mimo_rank=2), dict(d_conv=4)], ids=["mimo2", "siso-conv4"])
+def test_seq_idx_separates_documents(kw):
+    layer = _layer(**kw)
     hidden = torch.randn(1, 24, 32, dtype=torch.float64)
     seq_idx = torch.tensor([[0] * 10 + [1] * 14])
     y = layer(hidden, seq_idx=seq_idx)
@@ -73,8 +76,9 @@ def test_seq_idx_separates_documents():
     assert torch.allclose(y[:, 10:], layer(hidden[:, 10:]), atol=1e-10)
 
 
-def test_backends_agree_and_gradients_reach_every_parameter():
-    layer = _layer(mimo_rank=2)
+@pytest.mark.parametrize("kw", [dict(mimo_rank=2), dict(d_conv=4)], ids=["mimo2", "siso-conv4"])
+def test_backends_agree_and_gradients_reach_every_parameter(kw):
+    layer = _layer(**kw)
     hidden = torch.randn(2, 21, 32, dtype=torch.float64)
     layer.backend = "naive"
     layer(hidden).square().sum().backward()
@@ -154,6 +158,7 @@ def test_decay_rate_is_the_floored_heavy_tail():
     (dict(rope_fraction=1.5), "rope_fraction"),
     (dict(A_floor=-1.0), "A_floor"),
     (dict(A_bias=True, data_dependent_A=False), "A_bias"),
+    (dict(d_conv=-1), "d_conv"),
 ])
 def test_bad_arguments_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):

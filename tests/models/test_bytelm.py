@@ -18,6 +18,7 @@ ARCHS = {
     "mamba2": {"layers": ["mamba2", "mamba2"]},
     "hybrid": {"layers": ["mamba", "attention", "mamba2"], "attn_kv_heads": 1, "d_mlp": 48},
     "hybrid-window": {"n_layers": 2, "ssm": "mamba2", "attention_every": 2, "attn_window": 4},
+    "mamba3-conv": {"layers": ["mamba3", "mamba3"], "mamba3_conv": True},
 }
 
 
