@@ -36,7 +36,10 @@ class RunConfig(Config):
 
     out_dir: str | None = option(None, help="the run folder (default: a new runs/<preset>/<date-time>, linked as "
                                  "runs/<preset>/latest)", path=True)
-    steps: int = option(300, help="optimizer steps", min=1, max=10**9)
+    steps: int = option(300, help="optimizer steps (with time_budget_s: the most steps)", min=1, max=10**9)
+    time_budget_s: float = option(0.0, help="stop after this many seconds of training steps (evaluations and "
+                                  "checkpoints not counted), the cosine schedule decaying over that time rather "
+                                  "than over steps (0: off)", min=0.0)
     batch_size: int = option(4, help="sequences per optimizer step, over all processes", min=1, max=1 << 20)
     lr: float = option(2e-3, help="peak learning rate (AdamW)", min=1e-12, max=10.0)
     min_lr_ratio: float = option(0.1, help="the cosine schedule ends at lr * min_lr_ratio", min=0.0, max=1.0)

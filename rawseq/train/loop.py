@@ -86,7 +86,7 @@ def fit(task: Task, cfg, folder: RunFolder | None, place: parallel.Placement, *,
     if cfg.activation_checkpointing:
         parallel.checkpoint_blocks(parallel.blocks_of(model))
 
-    start, skipped, state, first = 0, 0, None, None
+    start, skipped, state, first, train_s = 0, 0, None, None, 0.0
     ckpt_root = out / "checkpoints"
     config_dict = {**cfg.to_dict(), "model": model_cfg.to_dict()}
     if resume:
@@ -105,6 +105,12 @@ def fit(task: Task, cfg, folder: RunFolder | None, place: parallel.Placement, *,
         model.load_state_dict(tensors)
         parallel.set_rng_state(state["rng"])
         start, skipped = state["step"], state["skipped"]
+        train_s = state.get("train_s", 0.0)
+        if cfg.time_budget_s and train_s >= cfg.time_budget_s and (out / "model").is_dir():
+            if folder is not None:
+                folder.finish("finished", step=start)
+            return {"out_dir": str(out), "finished": True, "steps": start, "step": start,
+                    "model_dir": str(out / "model")}
         first = state.get("first_bpb")
         task.load_state_dict(state.get("task", {}))
         if place.main:
@@ -119,12 +125,21 @@ def fit(task: Task, cfg, folder: RunFolder | None, place: parallel.Placement, *,
     accum = getattr(cfg, "grad_accum", 1)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (place.main and cfg.progress), unit="step",
                dynamic_ncols=True)
-    t_start, seen, last = time.perf_counter(), 0, {}
+    budget = cfg.time_budget_s
+    t_start, seen, last, steps_done = time.perf_counter(), 0, {}, start
     try:
         for step in range(start, cfg.steps):
-            lr = lr_at(step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+            progress = train_s / budget if budget else None
+            lr = lr_at(step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio,
+                       progress=progress)
             set_lr(optimizer, lr)
+            t_step = time.perf_counter()
             row = _train_step(task, wrapped, model, optimizer, cfg, place, step, accum)
+            train_s += time.perf_counter() - t_step
+            steps_done = step + 1
+            # every process stops at the same step: the slowest one's clock decides
+            over = bool(budget) and parallel.all_reduce_sum(
+                torch.tensor([float(train_s >= budget)], device=device), place).item() > 0
             if row is None:
                 skipped += 1
                 log.warning("step %d: non-finite loss or gradient; step skipped (%d so far)", step + 1, skipped)
@@ -141,14 +156,15 @@ def fit(task: Task, cfg, folder: RunFolder | None, place: parallel.Placement, *,
             seen += row.pop("_symbols")
             elapsed = time.perf_counter() - t_start
             first = row.get("bpb") if first is None else first
-            last = {"step": step + 1, **row, "lr": lr, "symbols_per_s": seen / elapsed, "elapsed_s": elapsed}
+            last = {"step": step + 1, **row, "lr": lr, "symbols_per_s": seen / elapsed, "elapsed_s": elapsed,
+                    **({"train_s": train_s} if budget else {})}
             metrics.write(**last)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "bpb")})
             bar.update(1)
             if place.main and not cfg.progress and (step + 1) % cfg.log_every == 0:
                 log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                             if isinstance(v, float)))
-            done = step + 1 == cfg.steps
+            done = step + 1 == cfg.steps or over
             if (step + 1) % cfg.eval_every == 0 or done:
                 ev = task.evaluate(model, device)
                 last.update(ev)
@@ -156,19 +172,21 @@ def fit(task: Task, cfg, folder: RunFolder | None, place: parallel.Placement, *,
             if (step + 1) % cfg.checkpoint_every == 0 or done:
                 weights, optim_state = parallel.full_state(model, optimizer, sharded)
                 ckpt = {"optimizer": optim_state, "rng": parallel.rng_state(), "step": step + 1, "skipped": skipped,
-                        "first_bpb": first, "task": task.state_dict(), "config": config_dict,
+                        "first_bpb": first, "train_s": train_s, "task": task.state_dict(), "config": config_dict,
                         "run_id": folder.run_id if folder is not None else None}
                 if place.main:
                     save_checkpoint(ckpt_root, step + 1, weights, model_cfg.to_dict(), ckpt, cfg.keep_checkpoints)
                 parallel.barrier(place)
+            if over:
+                break
     finally:
         bar.close()
         metrics.close()
 
-    if skipped > MAX_SKIPPED_SHARE * cfg.steps:
-        raise NonFiniteError(f"{skipped} of {cfg.steps} steps were skipped (non-finite loss or gradient): the run "
+    if skipped > MAX_SKIPPED_SHARE * steps_done:
+        raise NonFiniteError(f"{skipped} of {steps_done} steps were skipped (non-finite loss or gradient): the run "
                              "is not trustworthy; lower lr or check the data")
-    summary = {"out_dir": str(out), "steps": cfg.steps, "skipped": skipped, "first_bpb": first, **last}
+    summary = {"out_dir": str(out), "steps": steps_done, "skipped": skipped, "first_bpb": first, **last}
     weights, _ = parallel.full_state(model, None, sharded)
     if place.main:
         final = registry.build(model_cfg)

@@ -40,11 +40,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
                              foreach=False)
 
 
-def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_ratio`` at ``total``."""
+def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float,
+          progress: float | None = None) -> float:
+    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_ratio`` at ``total``; or, with
+    ``progress`` (a fraction of the run done, as a time budget measures it), to the floor at ``progress = 1``."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    if progress is None:
+        progress = (step - warmup) / max(1, total - warmup)
     floor = lr * min_ratio
     return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

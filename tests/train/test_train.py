@@ -93,6 +93,31 @@ def test_lr_schedule():
     assert lr_at(100, **kw) == pytest.approx(0.1)
 
 
+def test_lr_schedule_over_a_fraction_of_the_run():
+    kw = dict(lr=1.0, warmup=10, total=100, min_ratio=0.1)
+    assert lr_at(5, **kw, progress=0.9) == pytest.approx(0.6)  # warmup still counts steps
+    assert lr_at(50, **kw, progress=0.0) == pytest.approx(1.0)
+    assert lr_at(50, **kw, progress=0.5) == pytest.approx(0.55)
+    assert lr_at(50, **kw, progress=1.0) == lr_at(50, **kw, progress=3.0) == pytest.approx(0.1)
+
+
+def test_time_budget_stops_the_run_with_the_schedule_decayed(tmp_path, text_dir):
+    cfg = _cfg(tmp_path, text_dir, "--steps=100000", "--time_budget_s=2", "--eval_every=100000",
+               "--checkpoint_every=100000", "--lr=1e-3", "--min_lr_ratio=0.1")
+    summary = train(cfg)
+    rows = [json.loads(ln) for ln in (tmp_path / "run/metrics.jsonl").read_text().splitlines() if ln]
+    steps = [r for r in rows if "loss" in r]
+    assert 5 <= len(steps) < 100000 and summary["steps"] == steps[-1]["step"] == len(steps)
+    # stops at the first step past the budget, which the schedule has decayed to its floor by
+    assert steps[-1]["train_s"] >= 2.0 > steps[-2]["train_s"]
+    assert all(a["lr"] >= b["lr"] for a, b in zip(steps[2:], steps[3:]))
+    assert steps[-1]["lr"] < 1.5e-4
+    assert any("val_bpb" in r and r["step"] == len(steps) for r in rows)  # evaluated at the end
+    assert (tmp_path / "run/model/model.safetensors").is_file()
+    again = train(cfg, resume=True)  # a finished run stays finished
+    assert again["finished"] and again["step"] == len(steps)
+
+
 def test_checkpoints_are_verified_and_fall_back(tmp_path):
     weights = {"w": torch.arange(6.0)}
     for step in (1, 2, 3):
