@@ -243,6 +243,21 @@ def test_two_processes_match_one(tmp_path, text_dir, mode):
     assert (tmp_path / "two/model/model.safetensors").is_file()
 
 
+def test_two_processes_stop_together_on_a_time_budget(tmp_path, text_dir):
+    """Each process times its own steps; the stop is agreed on (all-reduced), so no process waits for another in a
+    collective that never comes (which would hang until the timeout)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "rawseq.cli", "train", f"--data={text_dir}", f"--cache_dir={tmp_path / 'cache'}", *TINY,
+           "--steps=100000", "--time_budget_s=1.5", "--eval_every=100000", "--checkpoint_every=100000",
+           f"--out_dir={tmp_path / 'two'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = _losses(tmp_path / "two")
+    assert 2 <= len(steps) < 100000 and steps[-1][0] == len(steps)
+    assert (tmp_path / "two/model/model.safetensors").is_file()
+
+
 def test_cli_reports_bad_keys_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rawseq.cli", "train", "--bogus=1"], capture_output=True, text=True)
     assert proc.returncode == 2
