@@ -43,6 +43,8 @@ MODELS = {
     "mamba3-n32-conv": ("mamba3", 32, {"headdim": 32, "mamba3_conv": True}),  # not in the paper's layer
     "mamba3-n32-outnorm": ("mamba3", 32, {"headdim": 32, "outproj_norm": True}),
     "mamba3-n32-Abias": ("mamba3", 32, {"headdim": 32, "A_bias": True}),
+    "mamba3-n32-norope": ("mamba3", 32, {"headdim": 32, "rope_fraction": 0.0}),  # no rotation: a real state
+    "mamba3-n32-h64": ("mamba3", 32, {"headdim": 64}),
     "mamba3-n32-outnorm-Abias": ("mamba3", 32, {"headdim": 32, "outproj_norm": True, "A_bias": True}),
 }
 
