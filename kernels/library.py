@@ -1,13 +1,15 @@
-"""The three sequence ops registered with ``torch.library``, so that ``torch.compile`` sees each as one node.
+"""The sequence ops registered with ``torch.library``, so that ``torch.compile`` sees each as one node.
 
-Each op is a custom op for the forward (``rawseq::selective_scan``, ``rawseq::ssd``, ``rawseq::causal_conv1d``) and
-one for the backward (``..._backward``), joined by ``register_autograd`` and given fake (meta) implementations that
-know every output's shape without running anything. The backend is a string argument: ``"torch"`` runs the chunked
-CPU code (``kernels/<op>/chunked.py``: ``<op>_forward`` and ``<op>_backward``), ``"triton"`` the launch functions
-of the GPU kernels, which have no autograd of their own (``kernels/<op>/triton``: ``<op>_fwd`` and ``<op>_bwd``),
-through small adapters that give both the same arguments. The public functions (``rawseq.kernels.selective_scan``
-and the others) check their arguments and call :func:`selective_scan`, :func:`ssd` or :func:`causal_conv1d` here;
-the ``naive`` backend is plain PyTorch that autograd differentiates, and does not come here.
+Each op is a custom op for the forward (``rawseq::selective_scan``, ``rawseq::ssd``, ``rawseq::causal_conv1d`` and
+``rawseq::mamba3_core``, Mamba-3's chunked core after its differentiable discretization) and one for the backward
+(``..._backward``), joined by ``register_autograd`` and given fake (meta) implementations that know every output's
+shape without running anything. The backend is a string argument: ``"torch"`` runs the chunked CPU code
+(``kernels/<op>/chunked.py``: ``<op>_forward`` and ``<op>_backward``, for Mamba-3 ``mamba3_core_forward`` and
+``mamba3_core_backward``), ``"triton"`` the launch functions of the GPU kernels, which have no autograd of their own
+(``kernels/<op>/triton``: ``<op>_fwd`` and ``<op>_bwd``), through small adapters that give both the same arguments.
+The public functions (``rawseq.kernels.selective_scan`` and the others) check their arguments and call
+:func:`selective_scan`, :func:`ssd`, :func:`causal_conv1d` or :func:`mamba3_core` here; the ``naive`` backend is
+plain PyTorch that autograd differentiates, and does not come here.
 
 A forward returns, besides the op's outputs, what its backward needs that is not an input (the states entering each
 chunk, an output before its gate or activation): a custom op cannot keep anything else between the two. The
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from rawseq.kernels.common import float_dtype_of
 
-__all__ = ["causal_conv1d", "selective_scan", "ssd"]
+__all__ = ["causal_conv1d", "mamba3_core", "selective_scan", "ssd"]
 
 _Optional = Tensor | None
 
@@ -303,6 +305,77 @@ def _causal_conv1d_triton_backward(gy, gfinal, x, weight, bias, activation, init
                                                                 initial_state, seq_idx)
 
 
+@torch.library.custom_op("rawseq::mamba3_core", mutates_args=())
+def _mamba3_core_op(
+    v: Tensor, q: Tensor, k: Tensor, a: Tensor, gamma: Tensor, w: Tensor, S0: _Optional, seg: _Optional,
+    chunk_size: int, backend: str, dot_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mamba-3's chunked core after discretization (``kernels/mamba3/chunked.py``): (y, final state, states entering
+    each chunk)."""
+    extra = (dot_dtype,) if backend == "triton" else ()
+    return _contiguous(_impl("mamba3", "core_forward", backend)(v, q, k, a, gamma, w, S0, seg, chunk_size, *extra))
+
+
+@_mamba3_core_op.register_fake
+def _(v, q, k, a, gamma, w, S0, seg, chunk_size, backend, dot_dtype):
+    batch, length, heads, rank, headdim = v.shape
+    n = q.shape[-1]
+    final = v.new_empty(batch, heads, headdim, n)
+    if backend == "triton":
+        chunks = -(-length // (_module("mamba3", "triton").launch.CHUNK_ROWS // rank))
+        return v.new_empty(v.shape), final, v.new_empty(batch, heads, chunks, headdim, n, dtype=torch.float32)
+    chunks = max(1, -(-length // min(chunk_size, max(1, length))))
+    return v.new_empty(v.shape), final, v.new_empty(batch, chunks, heads, headdim, n)
+
+
+@torch.library.custom_op("rawseq::mamba3_core_backward", mutates_args=())
+def _mamba3_core_backward_op(
+    gy: Tensor, gfinal: Tensor, v: Tensor, q: Tensor, k: Tensor, a: Tensor, gamma: Tensor, w: Tensor, S0: _Optional,
+    seg: _Optional, states: Tensor, chunk_size: int, backend: str, dot_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (v, q, k, a, gamma, w, S0); an empty tensor for an absent S0."""
+    extra = (dot_dtype,) if backend == "triton" else ()
+    return _grads_or_empty(_impl("mamba3", "core_backward", backend)(gy, gfinal, v, q, k, a, gamma, w, S0, seg, states,
+                                                                     chunk_size, *extra), v)
+
+
+@_mamba3_core_backward_op.register_fake
+def _(gy, gfinal, v, q, k, a, gamma, w, S0, seg, states, chunk_size, backend, dot_dtype):
+    return _fake_grads((v, q, k, a, gamma, w, S0), v)
+
+
+def _mamba3_core_setup(ctx, inputs, output):
+    v, q, k, a, gamma, w, S0, seg, chunk_size, backend, dot_dtype = inputs
+    ctx.save_for_backward(v, q, k, a, gamma, w, S0, seg, output[2])
+    ctx.options = (chunk_size, backend, dot_dtype)
+    ctx.mark_non_differentiable(output[2])
+
+
+def _mamba3_core_backward(ctx, gy, gfinal, _):
+    v, q, k, a, gamma, w, S0, seg, states = ctx.saved_tensors
+    grads = _mamba3_core_backward_op(gy, gfinal, v, q, k, a, gamma, w, S0, seg, states, *ctx.options)
+    return (*grads[:6], None if S0 is None else grads[6], None, None, None, None)
+
+
+_mamba3_core_op.register_autograd(_mamba3_core_backward, setup_context=_mamba3_core_setup)
+
+
+def mamba3_core(v, q, k, a, gamma, w, S0, seg, chunk_size, backend, dot_dtype=torch.float32):
+    """The registered core for :func:`rawseq.kernels.mamba3.mamba3` on the torch or triton backend: (y, final
+    state). ``dot_dtype``: the dtype of the Triton kernels' matrix products (ignored by the torch backend)."""
+    y, final, _ = _mamba3_core_op(v, q, k, a, gamma, w, S0, seg, chunk_size, backend, dot_dtype)
+    return y, final
+
+
+def _mamba3_core_triton_forward(v, q, k, a, gamma, w, S0, seg, chunk_size, dot_dtype):
+    return _module("mamba3", "triton").mamba3_core_fwd(v, q, k, a, gamma, w, S0, seg, dot_dtype)
+
+
+def _mamba3_core_triton_backward(gy, gfinal, v, q, k, a, gamma, w, S0, seg, states, chunk_size, dot_dtype):
+    return _module("mamba3", "triton").mamba3_core_bwd(gy, gfinal, v, q, k, a, gamma, w, S0, seg, states,
+                                                              dot_dtype)
+
+
 _TRITON = {
     ("selective_scan", "forward"): _selective_scan_triton_forward,
     ("selective_scan", "backward"): _selective_scan_triton_backward,
@@ -310,4 +383,6 @@ _TRITON = {
     ("ssd", "backward"): _ssd_triton_backward,
     ("causal_conv1d", "forward"): _causal_conv1d_triton_forward,
     ("causal_conv1d", "backward"): _causal_conv1d_triton_backward,
+    ("mamba3", "core_forward"): _mamba3_core_triton_forward,
+    ("mamba3", "core_backward"): _mamba3_core_triton_backward,
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rawseq.kernels import library
 from rawseq.kernels.common import float_dtype_of, softplus
 from rawseq.kernels.common.math import all_finite, constant
 from rawseq.kernels.mamba3.discretize import final_state, finish, prepare
@@ -181,30 +182,37 @@ def _scan(lay, S0):
     return _unrows(torch.cat(ys, dim=1), l, R), S, S_in
 
 
-def mamba3_core_fwd(v, q, k, a, gamma, w, S0, seg, Q):
-    """The chunked core's forward: (v, q, k, a, gamma, w, S0, seg) -> y (b, l, h, R, p), the final state
-    (b, h, p, n), and what the backward takes: the states entering each chunk (b, c, h, p, n) and v, q, k in the
-    block layout (b, c, h, Q R, d). Non-finite v or k run as chunks of one position (module docstring); the
-    returned states and layout are those of chunks of ``Q`` positions either way."""
+def _chunk_length(chunk_size, length):
+    return min(chunk_size, max(1, length))
+
+
+def mamba3_core_forward(v, q, k, a, gamma, w, S0, seg, chunk_size):
+    """The chunked core's forward: (v, q, k (b, l, h, R, d), a, gamma, w (b, l, h), S0, seg) -> y (b, l, h, R, p),
+    the final state (b, h, p, n) and the states entering each chunk of ``min(chunk_size, l)`` positions
+    (b, c, h, p, n), the only tensor the backward needs beside the inputs. Non-finite v or k run as chunks of one
+    position (module docstring); the returned states are those of the requested chunks either way.
+
+    Called through the op registered in ``kernels/library.py`` (``rawseq::mamba3_core``), which owns the autograd.
+    """
+    Q = _chunk_length(chunk_size, v.shape[1])
     lay = _Layout(v, q, k, a, gamma, w, seg, Q)
     if Q > 1 and not all_finite(lay.v, lay.k):
         y, S, S_in = _scan(_Layout(v, q, k, a, gamma, w, seg, 1), S0)
-        S_in = S_in[:, ::Q].contiguous()
-    else:
-        y, S, S_in = _scan(lay, S0)
-    return y, S, S_in, lay.v, lay.q, lay.k
+        return y, S, S_in[:, ::Q].contiguous()
+    return _scan(lay, S0)
 
 
-def mamba3_core_bwd(gy, gS, vb, qb, kb, a, gamma, w, seg, S_in, Q, has_S0):
-    """The chunked core's backward from the gradients of y and of the final state (either may be None), with v, q, k
-    in the block layout and the chunk states that :func:`mamba3_core_fwd` returned: the gradients of
-    (v, q, k, a, gamma, w, S0), the last None without an initial state."""
-    lay = _Layout(vb, qb, kb, a, gamma, w, seg, Q, blocked=True)
+def mamba3_core_backward(gy, gS, v, q, k, a, gamma, w, S0, seg, S_in, chunk_size):
+    """The chunked core's backward from the gradients of y and of the final state, the inputs and the chunk states
+    that :func:`mamba3_core_forward` returned: the gradients of (v, q, k, a, gamma, w, S0), the last None without
+    an initial state."""
+    Q = _chunk_length(chunk_size, v.shape[1])
     b, l, h = a.shape
-    if Q > 1 and not all_finite(vb, kb):  # as the forward ran: chunks of one position, their states recomputed
-        v, q, k = (_unrows(t, l, lay.R) for t in (vb, qb, kb))
-        Q, lay = 1, _Layout(v, q, k, a, gamma, w, seg, 1)
-        S_in = _scan(lay, S_in[:, 0])[2]
+    if Q > 1 and not all_finite(v, k):  # as the forward ran: chunks of one position, their states recomputed
+        Q = 1
+        S_in = _scan(_Layout(v, q, k, a, gamma, w, seg, 1), S_in[:, 0])[2]
+    lay = _Layout(v, q, k, a, gamma, w, seg, Q)
+    has_S0 = S0 is not None
     R, c = lay.R, lay.c
     gY = _rows(gy, Q, c) if gy is not None else torch.zeros_like(lay.v)  # (b, c, h, QR, p)
 
@@ -268,26 +276,9 @@ def mamba3_core_bwd(gy, gS, vb, qb, kb, a, gamma, w, seg, S_in, Q, has_S0):
     )
 
 
-class Mamba3CoreFunction(torch.autograd.Function):
-    """The chunked core: (v, q, k, a, gamma, w, S0, seg) -> (y (b, l, h, R, p), final state (b, h, p, n))."""
-
-    @staticmethod
-    def forward(ctx, v, q, k, a, gamma, w, S0, seg, Q):
-        y, S, S_in, vb, qb, kb = mamba3_core_fwd(v, q, k, a, gamma, w, S0, seg, Q)
-        ctx.save_for_backward(vb, qb, kb, a, gamma, w, seg, S_in)
-        ctx.Q, ctx.has_S0 = Q, S0 is not None
-        return y, S
-
-    @staticmethod
-    def backward(ctx, gy, gS):
-        vb, qb, kb, a, gamma, w, seg, S_in = ctx.saved_tensors
-        return (*mamba3_core_bwd(gy, gS, vb, qb, kb, a, gamma, w, seg, S_in, ctx.Q, ctx.has_S0), None, None)
-
-
 def mamba3_core_torch(v, q, k, a, gamma, w, S0, seg, chunk_size):
-    """The chunked core on CPU (or any device): see :class:`Mamba3CoreFunction`."""
-    Q = min(chunk_size, max(1, v.shape[1]))
-    return Mamba3CoreFunction.apply(v, q, k, a, gamma, w, S0, seg, Q)
+    """The chunked core on CPU (or any device), through the registered op: (y (b, l, h, R, p), final state)."""
+    return library.mamba3_core(v, q, k, a, gamma, w, S0, seg, chunk_size, "torch")
 
 
 def mamba3_chunked(core, x, dt, A, B, C, lam, angle=None, D=None, z=None, dt_bias=None, dt_softplus=True,

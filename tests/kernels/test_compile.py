@@ -1,6 +1,7 @@
 """The ops registered with torch.library: fake implementations, autograd registration and schemas agree with the
 real kernels for every optional-argument combination (``torch.library.opcheck``), and ``torch.compile`` with
-``fullgraph=True`` captures a ByteLM of each layer kind with no graph break, matching eager outputs and gradients."""
+``fullgraph=True`` captures a ByteLM of each layer kind (Mamba-1, Mamba-2, Mamba-3, hybrids) with no graph break,
+matching eager outputs and gradients."""
 
 from __future__ import annotations
 
@@ -56,10 +57,29 @@ def test_causal_conv1d_op_passes_opcheck(activation, init, seq):
     torch.library.opcheck(library._causal_conv1d_op, (x, weight, bias, initial, seq_idx, activation, "torch"))
 
 
+def _mamba3_core_inputs(b=2, l=21, h=2, R=1, p=3, n=4, init=False, seq=False):
+    """The core's inputs as ``discretize.prepare`` makes them: v, q, k (b, l, h, R, d), a < 0, gamma, w >= 0."""
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    a = -torch.rand(b, l, h, generator=gen) * 0.5
+    gamma, w = torch.rand(b, l, h, generator=gen), torch.rand(b, l, h, generator=gen)
+    seg = torch.tensor([[0] * 7 + [1] * (l - 7), [0] * l])[:b] if seq else None
+    leaves = [t.requires_grad_() for t in (r(b, l, h, R, p), r(b, l, h, R, n), r(b, l, h, R, n), a, gamma, w)]
+    return (*leaves, r(b, h, p, n).requires_grad_() if init else None, seg)
+
+
+@pytest.mark.parametrize("R, init, seq", [(1, False, False), (1, True, True), (2, True, False)],
+                         ids=["siso", "siso-init-seq", "mimo2-init"])
+def test_mamba3_core_op_passes_opcheck(R, init, seq):
+    args = _mamba3_core_inputs(R=R, init=init, seq=seq)
+    torch.library.opcheck(library._mamba3_core_op, (*args, 8, "torch", torch.float32))
+
+
 KINDS = {
     "mamba": dict(ssm="mamba"),
     "mamba2": dict(ssm="mamba2"),
     "hybrid": dict(layers=["mamba2", "attention", "mamba"]),
+    "mamba3": dict(ssm="mamba3"),
 }
 
 

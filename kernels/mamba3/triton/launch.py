@@ -1,4 +1,4 @@
-"""Launchers of the Mamba-3 Triton kernels, the core's autograd Function and the backend's entry points.
+"""Launchers of the Mamba-3 Triton kernels, the core's forward and backward and the backend's entry points.
 
 The op around the core (discretization, rotation, gate, MIMO weights) is ``chunked.mamba3_chunked``, shared with
 the torch backend; here the chunked core runs on the kernels of ``kernels.py``. Products take the inputs' dtype
@@ -13,6 +13,7 @@ import functools
 import torch
 import triton
 
+from rawseq.kernels import library
 from rawseq.kernels.common.triton_utils import next_pow2, reject_float64, tf32_allowed
 from rawseq.kernels.mamba3.chunked import mamba3_chunked
 from rawseq.kernels.mamba3.triton.kernels import (
@@ -22,7 +23,7 @@ from rawseq.kernels.mamba3.triton.kernels import (
     _mamba3_step_kernel,
 )
 
-__all__ = ["Mamba3CoreTritonFunction", "mamba3_step_triton", "mamba3_triton"]
+__all__ = ["mamba3_core_bwd", "mamba3_core_fwd", "mamba3_step_triton", "mamba3_triton"]
 
 CHUNK_ROWS = 64  # positions x ranks per chunk
 RANKS = (1, 2, 4, 8)
@@ -132,36 +133,30 @@ def core_bwd(gy, gfinal, v, q, k, a, g, w, resets, has_seq, states):
     return gv, gq.sum(0), gk.sum(0), ga.sum((0, 4)), gg.sum((0, 4)), gw.sum((0, 4)), ginit
 
 
-class Mamba3CoreTritonFunction(torch.autograd.Function):
-    """The chunked core on the Triton kernels, same contract as ``chunked.Mamba3CoreFunction``."""
+def _kernel_inputs(v, q, k, a, g, w, dot_dtype):
+    return (*(t.to(dot_dtype).contiguous() for t in (v, q, k)), *(t.float().contiguous() for t in (a, g, w)))
 
-    @staticmethod
-    def forward(ctx, v, q, k, a, g, w, S0, seg, dot_dtype):
-        _check_sizes(v.shape[3], q.shape[-1], "B")
-        vk, qk, kk = (t.to(dot_dtype).contiguous() for t in (v, q, k))
-        af, gf, wf = (t.float().contiguous() for t in (a, g, w))
-        resets = _resets(seg, v)
-        y, final, states = core_fwd(vk, qk, kk, af, gf, wf, S0, resets, seg is not None)
-        ctx.save_for_backward(vk, qk, kk, af, gf, wf, resets, states)
-        ctx.has_seq = seg is not None
-        ctx.has_S0 = S0 is not None
-        ctx.dtypes = (v.dtype, q.dtype, k.dtype, a.dtype, g.dtype, w.dtype, None if S0 is None else S0.dtype)
-        return y.to(v.dtype), final.to(v.dtype)
 
-    @staticmethod
-    def backward(ctx, gy, gfinal):
-        vk, qk, kk, af, gf, wf, resets, states = ctx.saved_tensors
-        if gy is None:
-            gy = torch.zeros(vk.shape, dtype=torch.float32, device=vk.device)
-        grads = core_bwd(gy, gfinal, vk, qk, kk, af, gf, wf, resets, ctx.has_seq, states)
-        out = [t.to(dtype) for t, dtype in zip(grads[:6], ctx.dtypes)]
-        out.append(grads[6].to(ctx.dtypes[6]) if ctx.has_S0 else None)
-        return (*out, None, None)
+def mamba3_core_fwd(v, q, k, a, g, w, S0, seg, dot_dtype):
+    """The core's forward on the kernels, for the op registered in ``kernels/library.py``: y and the final state in
+    v's dtype, and the fp32 states entering each chunk of ``CHUNK_ROWS // R`` positions."""
+    _check_sizes(v.shape[3], q.shape[-1], "B")
+    y, final, states = core_fwd(*_kernel_inputs(v, q, k, a, g, w, dot_dtype), S0, _resets(seg, v), seg is not None)
+    return y.to(v.dtype), final.to(v.dtype), states
+
+
+def mamba3_core_bwd(gy, gfinal, v, q, k, a, g, w, S0, seg, states, dot_dtype):
+    """The core's backward on the kernels: gradients of (v, q, k, a, g, w, S0) in their dtypes (None without S0)."""
+    grads = core_bwd(gy, gfinal, *_kernel_inputs(v, q, k, a, g, w, dot_dtype), _resets(seg, v), seg is not None,
+                     states)
+    out = [grad.to(t.dtype) for grad, t in zip(grads[:6], (v, q, k, a, g, w))]
+    return (*out, None if S0 is None else grads[6].to(S0.dtype))
 
 
 def mamba3_core_triton(v, q, k, a, g, w, S0, seg, chunk_size, dot_dtype=torch.float32):
-    """The chunked core on the kernels; ``chunk_size`` is ignored (chunks are 64 / rank positions)."""
-    return Mamba3CoreTritonFunction.apply(v, q, k, a, g, w, S0, seg, dot_dtype)
+    """The chunked core on the kernels, through the registered op; ``chunk_size`` is ignored (chunks are
+    ``CHUNK_ROWS / rank`` positions)."""
+    return library.mamba3_core(v, q, k, a, g, w, S0, seg, chunk_size, "triton", dot_dtype)
 
 
 def mamba3_triton(x, dt, A, B, C, lam, angle=None, D=None, z=None, dt_bias=None, dt_softplus=True, B_bias=None,

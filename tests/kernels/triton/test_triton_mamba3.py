@@ -182,3 +182,19 @@ def test_layer_on_triton_matches_torch(mimo_rank):
     with torch.no_grad():
         stepped = torch.stack([layer.step(hidden[:, t], state) for t in range(3)], dim=1)
     torch.testing.assert_close(stepped, outs["torch"][:, :3], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank, init, seq", [(1, True, True), (2, False, False)], ids=["siso-init-seq", "mimo2"])
+def test_registered_core_on_triton_passes_opcheck(rank, init, seq):
+    """The fake of ``rawseq::mamba3_core`` for the triton backend describes what the kernels return."""
+    from rawseq.kernels import library
+
+    gen = torch.Generator().manual_seed(0)
+    b, l, h, p, n = 1, 19, 2, 8, 16
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    leaves = [t.requires_grad_() for t in (r(b, l, h, rank, p), r(b, l, h, rank, n), r(b, l, h, rank, n),
+                                            -torch.rand(b, l, h, generator=gen) * 0.5,
+                                            torch.rand(b, l, h, generator=gen), torch.rand(b, l, h, generator=gen))]
+    S0 = r(b, h, p, n).requires_grad_() if init else None
+    seg = torch.tensor([[0] * 7 + [1] * (l - 7)]) if seq else None
+    torch.library.opcheck(library._mamba3_core_op, (*leaves, S0, seg, 64, "triton", torch.float32))
