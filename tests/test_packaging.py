@@ -30,7 +30,8 @@ def test_wheel_layout(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"rawseq"}, tops
     for module in ("rawseq/kernels/__init__.py", "rawseq/kernels/ssd/chunked.py",
-                   "rawseq/kernels/selective_scan/naive.py", "rawseq/modalities/__init__.py"):
+                   "rawseq/kernels/selective_scan/naive.py", "rawseq/modalities/__init__.py",
+                   "rawseq/kernels/mamba3/step.c"):
         assert module in names, module
 
 
@@ -41,10 +42,13 @@ def test_wheel_imports_outside_the_checkout(wheel, tmp_path):
         "import rawseq.kernels as k, rawseq.modalities as m, torch; "
         "print(k.__file__); print(m.__file__); "
         "x = torch.randn(1, 3, 2); "
-        "print(k.causal_conv1d(x, torch.ones(2, 2)).shape)"
+        "print(k.causal_conv1d(x, torch.ones(2, 2)).shape); "
+        "from rawseq.kernels.common.native import _compiler; from rawseq.kernels.mamba3 import native; "
+        "print(_compiler() is None or native.available())"
     )
-    env = dict(os.environ, PYTHONPATH=str(site))
+    env = dict(os.environ, PYTHONPATH=str(site), RAWSEQ_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
                          env=env).stdout.splitlines()
     assert out[0].startswith(str(site)) and out[1].startswith(str(site)), out
     assert out[2] == "torch.Size([1, 3, 2])"
+    assert out[3] == "True", "the native Mamba-3 step did not build from the wheel's C source"

@@ -26,8 +26,9 @@ its own angle) and ``v`` (projected per rank), so that two calls chained through
 ``return_final_state`` equal one call over the concatenation.
 
 ``naive.py`` is the specification (a loop over time), ``discretize.py`` the per-position pieces shared by the fast
-paths, ``chunked.py`` the chunked CPU algorithm (the "torch" backend) and its decoding step, ``triton/`` the GPU
-kernels of the chunked core and the step.
+paths, ``chunked.py`` the chunked CPU algorithm (the "torch" backend) and its PyTorch decoding step, ``step.c`` and
+``native.py`` the decoding step as one C function for CPU tensors (used by the "torch" backend where it builds),
+``triton/`` the GPU kernels of the chunked core and the step.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ import torch
 
 from rawseq.kernels.common import check_same_device, check_tensor, resolve_backend, step_function
 from rawseq.kernels.common.checks import INT_DTYPES, check_divisible
-from rawseq.kernels.mamba3.chunked import mamba3_step_torch
 from rawseq.kernels.mamba3.naive import Mamba3State, mamba3_naive, mamba3_step_naive
+from rawseq.kernels.mamba3.native import mamba3_step_native
 
 __all__ = ["Mamba3State", "mamba3", "mamba3_step"]
 
 _BACKENDS = ("naive", "torch", "triton")
-_STEPS = {"naive": mamba3_step_naive, "torch": mamba3_step_torch}
+_STEPS = {"naive": mamba3_step_naive, "torch": mamba3_step_native}
 _STATE_DTYPES = (torch.float32, torch.float64)
 
 

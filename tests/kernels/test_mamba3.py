@@ -23,7 +23,8 @@ from _mamba3_cases import (
     step_through,
 )
 
-from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step
+from rawseq.kernels.common.native import _compiler
+from rawseq.kernels.mamba3 import Mamba3State, mamba3, mamba3_step, native
 from rawseq.kernels.mamba3.chunked import mamba3_step_torch
 from rawseq.kernels.mamba3.naive import mamba3_step_naive, rotate_pairs
 
@@ -159,16 +160,86 @@ def test_step_equals_forward(rank, dtype):
     assert_states_close(stepped, state, dtype, "stepped state")
 
 
-@pytest.mark.parametrize("rank", [None, 2], ids=["siso", "mimo2"])
+needs_compiler = pytest.mark.skipif(_compiler() is None, reason="no C compiler for the native step")
+FAST_STEPS = [pytest.param(mamba3_step_torch, id="torch"),
+              pytest.param(native.mamba3_step_native, id="native", marks=needs_compiler)]
+
+
+@pytest.mark.parametrize("step", FAST_STEPS)
+@pytest.mark.parametrize("rank", [None, 2, 4], ids=["siso", "mimo2", "mimo4"])
 @pytest.mark.parametrize("n_angles", [0, 2, 4])
-def test_fast_step_matches_naive_step(rank, n_angles):
+@pytest.mark.parametrize("flags", [dict(), dict(per_position_A=False), dict(shared_angle=True)],
+                         ids=["", "per-head-A", "shared-angle"])
+def test_fast_step_matches_naive_step(step, rank, n_angles, flags):
+    """Both fast steps against the float64 naive step, over non-contiguous per-position slices, two groups."""
     l = 9
-    inputs = make_inputs(3, l, 2, 16, 8, rank=rank, n_angles=n_angles, per_position_A=False)
-    y_fast, s_fast = step_through(inputs, mamba3_step_torch, l)
-    y_ref, s_ref = step_through(make_inputs(3, l, 2, 16, 8, rank=rank, n_angles=n_angles, per_position_A=False,
-                                             dtype=FP64), mamba3_step_naive, l)
+    inputs = make_inputs(3, l, 4, 16, 8, g=2, rank=rank, n_angles=n_angles, **flags)
+    y_fast, s_fast = step_through(inputs, step, l)
+    y_ref, s_ref = step_through(make_inputs(3, l, 4, 16, 8, g=2, rank=rank, n_angles=n_angles, dtype=FP64, **flags),
+                                mamba3_step_naive, l)
     assert_close(y_fast, y_ref, FP32, "y")
     assert_states_close(s_fast, s_ref, FP32, "state")
+
+
+@needs_compiler
+@pytest.mark.parametrize("rank", [None, 2], ids=["siso", "mimo2"])
+@pytest.mark.parametrize("optional", [True, False], ids=["all-inputs", "bare"])
+def test_native_step_in_float64_and_without_softplus(rank, optional):
+    """The float64 C step equals the naive step to rounding; dt used as given with ``dt_softplus=False``."""
+    l = 7
+    inputs = make_inputs(2, l, 2, 16, 8, rank=rank, dtype=FP64, optional=optional)
+    if not optional:  # b 2, h 2, p 16, n 8, 2 angles
+        R = rank or 1
+        inputs["initial_state"] = Mamba3State(torch.randn(2, 2, 16, 8, dtype=FP64), torch.rand(2, 2, 2, dtype=FP64),
+                                              torch.randn(2, 2, R, 8, dtype=FP64), torch.randn(2, 2, R, 16, dtype=FP64))
+    inputs["dt"] = torch.nn.functional.softplus(inputs["dt"])
+    y, state = step_through(inputs, functools.partial(native.mamba3_step_native, dt_softplus=False), l)
+    y_ref, s_ref = step_through(inputs, functools.partial(mamba3_step_naive, dt_softplus=False), l)
+    assert_close(y, y_ref, FP64, "y")
+    assert_states_close(state, s_ref, FP64, "state")
+
+
+@needs_compiler
+def test_native_step_runs_in_c(monkeypatch):
+    """Where a C compiler exists the step builds, and small batches never reach the PyTorch step."""
+    assert native.available()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the PyTorch step was called")
+
+    monkeypatch.setattr(native, "mamba3_step_torch", refuse)
+    inputs = make_inputs(2, 3, 4, 16, 8, g=2, rank=4)
+    step_through(inputs, native.mamba3_step_native, 3)
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", ["large-batch", "requires-grad", "strided-state"])
+def test_native_step_hands_over_to_torch(monkeypatch, case):
+    """Batches above MAX_ROWS rows x rank, inputs that require gradients under autograd, and a strided state go
+    to the PyTorch step, with the same results."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return mamba3_step_torch(*args, **kwargs)
+
+    monkeypatch.setattr(native, "mamba3_step_torch", spy)
+    rank = 2
+    batch = native.MAX_ROWS // rank + 1 if case == "large-batch" else 2
+    inputs = make_inputs(batch, 2, 2, 16, 8, rank=rank)
+    if case == "requires-grad":
+        inputs["x"].requires_grad_(True)
+    state = Mamba3State(*(t.clone() for t in inputs["initial_state"]))
+    if case == "strided-state":
+        state = state._replace(ssm=state.ssm.transpose(-1, -2).contiguous().transpose(-1, -2))
+    args = {k: v[:, 0] if k in ("x", "dt", "A", "B", "C", "lam", "angle", "z") else v for k, v in inputs.items()
+            if k != "initial_state"}
+    y = native.mamba3_step_native(state, **args)
+    expected_state = Mamba3State(*(t.clone() for t in inputs["initial_state"]))
+    expected = mamba3_step_naive(expected_state, **{k: v.detach() for k, v in args.items() if v is not None})
+    assert calls == [1]
+    assert_close(y.detach(), expected, FP32, "y")
+    assert_states_close(state, expected_state, FP32, "state")
 
 
 def test_unchecked_step_is_the_checked_step():
