@@ -109,6 +109,7 @@ def test_decode_cpu_runs_and_its_checks_pass():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "ms per byte" not in line]
     assert len(rows) >= 5 and all("| ok |" in row for row in rows), proc.stdout
     assert any(row.startswith("| Mamba x4 |") for row in rows) and any(row.startswith("| Mamba-2 x4 |") for row in rows)
+    assert any(row.startswith("| Mamba-3 x4 | Mamba-3's PyTorch step |") for row in rows), proc.stdout
 
 
 def test_ab_versions_times_two_commits_in_one_process_and_names_a_bad_commit():
