@@ -45,6 +45,8 @@ MODELS = {
     "mamba3-n32-Abias": ("mamba3", 32, {"headdim": 32, "A_bias": True}),
     "mamba3-n32-norope": ("mamba3", 32, {"headdim": 32, "rope_fraction": 0.0}),  # no rotation: a real state
     "mamba3-n32-h64": ("mamba3", 32, {"headdim": 64}),
+    "mamba3-n32-h16": ("mamba3", 32, {"headdim": 16}),
+    "mamba3-n32-rope1": ("mamba3", 32, {"headdim": 32, "rope_fraction": 1.0}),  # every pair of the state rotated
     "mamba3-n32-outnorm-Abias": ("mamba3", 32, {"headdim": 32, "outproj_norm": True, "A_bias": True}),
 }
 
