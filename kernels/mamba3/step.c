@@ -1,5 +1,6 @@
 /* One Mamba-3 decoding position on the CPU, every head in one pass over its state (see mamba3_step_naive in
- * naive.py for the specification, and cpu.py for the caller, which passes contiguous arrays in the state's dtype).
+ * naive.py for the specification, and native.py for the caller, which passes contiguous arrays in the state's
+ * dtype).
  *
  * Per batch row b and head h (group g of h):
  *   d      = softplus(dt + dt_bias)                          (dt as given without dt_softplus)
@@ -13,7 +14,7 @@
  * Optional arrays are NULL; A's batch stride is 0 where it is per head only, and angle has 1 or `heads` heads.
  * Returns 0, or 1 when the scratch memory cannot be allocated.
  */
-#ifndef T /* the file includes itself once per element type */
+#ifndef T /* the file includes itself once per element type, so it is compiled by its absolute path */
 #include <stdint.h>
 #include <stdlib.h>
 #include <tgmath.h>
